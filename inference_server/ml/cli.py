@@ -1,0 +1,51 @@
+"""`sentiment-ml`: one entry point, one module per subcommand.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy
+imports (torch, transformers) inside functions, so ``sentiment-ml --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module under inference_server.ml, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "datasets": ("datasets", "build the baseline datasets (JSONL splits + manifest)"),
+    "train": ("train", "fine-tune the packaged encoder into a model directory"),
+    "evaluate": ("evaluate", "evaluate a model on a dataset split, write metrics.json"),
+    "compare": ("compare", "pre-deploy gate: candidate metrics vs the production baseline"),
+    "calibrate": ("calibrate", "fit temperature scaling on the validation split"),
+    "quantize": ("quantize", "FP32 vs dynamic INT8: size, latency, throughput, F1, agreement"),
+    "bias-audit": ("bias_audit", "per-group rates on the curated bias-audit dataset"),
+    "explain": ("explain", "per-token saliency for given texts, as an HTML report"),
+    "registry": ("registry", "the model registry metadata file (register, promote, list, show)"),
+    "drift": ("drift", "drift statistics between a reference and a current window"),
+    "reprocess": ("reprocess", "re-score historic records by ID, resumable and shardable"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentiment-ml", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(f"inference_server.ml.{module_name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._module.run(args))
+    except KeyboardInterrupt:
+        print("sentiment-ml: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

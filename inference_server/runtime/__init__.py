@@ -1,0 +1,1 @@
+"""The model runtime: loading, forward pass, calibration, quantization, saliency."""

@@ -1,0 +1,138 @@
+"""Loading a Hugging Face sequence-classification directory and running it.
+
+This is the one place that knows how a model directory becomes logits; the server's hot path, the
+evaluation, calibration, drift and reprocess jobs all call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference_server.runtime.artifact import ArtifactError, verify_artifact
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ArtifactError",
+    "LoadedModel",
+    "ModelLoadError",
+    "count_tokens",
+    "labels_from_config",
+    "load_model",
+    "predict_logits",
+]
+
+
+class ModelLoadError(Exception):
+    """MODEL_PATH does not hold a usable sequence-classification model."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # transformers.PreTrainedModel (or its dynamically quantized copy)
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    labels: tuple[str, ...]
+    version: str
+    quantized: bool
+    max_tokens: int
+    path: Path
+    sha256: str | None = None
+
+    def label_index(self, label: str) -> int:
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise KeyError(f"unknown label {label!r}; this model has {list(self.labels)}") from None
+
+
+def labels_from_config(config: Any) -> tuple[str, ...]:
+    """Labels in logit order, from the config's id2label (any number of classes)."""
+    id2label = getattr(config, "id2label", None) or {}
+    n = int(getattr(config, "num_labels", len(id2label)) or len(id2label))
+    if n < 2:
+        raise ModelLoadError(f"a classifier needs at least 2 labels, config has {n}")
+    return tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n))
+
+
+def load_model(
+    path: Path | str,
+    *,
+    version: str = "unknown",
+    quantized: bool = False,
+    expected_sha256: str | None = None,
+    max_tokens: int = 256,
+) -> LoadedModel:
+    """Load MODEL_PATH offline; verify its sha256 first when one is expected."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelLoadError(f"model directory not found: {root}")
+    sha = verify_artifact(root, expected_sha256) if expected_sha256 else None
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(root, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a sequence-classification model from {root}: {exc}") from exc
+    model.eval()
+    labels = labels_from_config(model.config)
+    if quantized:
+        from inference_server.runtime.quantization import quantize_dynamic_int8
+
+        model = quantize_dynamic_int8(model)
+    limit = int(getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
+    max_tokens = min(max_tokens, limit) if limit < 1_000_000 else max_tokens
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        labels=labels,
+        version=version,
+        quantized=quantized,
+        max_tokens=max_tokens,
+        path=root,
+        sha256=sha,
+    )
+
+
+def count_tokens(m: LoadedModel, texts: Sequence[str]) -> list[int]:
+    """Tokens per text including special tokens, without truncation (what MAX_TOKENS limits)."""
+    enc = m.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def _forward(m: LoadedModel, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    import torch
+
+    enc = m.tokenizer(
+        list(texts), padding=True, truncation=True, max_length=m.max_tokens, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        logits = m.model(**enc).logits
+    out: npt.NDArray[np.float32] = logits.float().cpu().numpy()
+    return out
+
+
+def predict_logits(
+    m: LoadedModel, texts: Sequence[str], *, batch_size: int = 32
+) -> npt.NDArray[np.float32]:
+    """Logits [n, num_labels] for `texts`, in input order.
+
+    Texts are sorted by length before batching so that each batch pads little; the result is put back
+    in input order.
+    """
+    if not texts:
+        return np.zeros((0, len(m.labels)), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.empty((len(texts), len(m.labels)), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = _forward(m, [texts[i] for i in idx])
+    return out

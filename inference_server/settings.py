@@ -1,0 +1,141 @@
+"""Typed server configuration, read from the environment (names in contract.Env).
+
+Invalid configuration stops start-up: ``load_settings`` raises ``ConfigError`` with one line per bad
+variable, naming it, and ``sentiment-server`` prints that and exits 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference_server.contract import HTTP_PORT, Env
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a valid server; the message names every bad variable."""
+
+
+def _env(name: Env) -> AliasChoices:
+    return AliasChoices(str(name))
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, populate_by_name=True, extra="ignore")
+
+    # --- the data-plane contract (DESIGN.md) ---
+    model_path: Path = Field(validation_alias=_env(Env.MODEL_PATH))
+    model_version: str = Field("unknown", min_length=1, max_length=128, validation_alias=_env(Env.MODEL_VERSION))
+    model_sha256: str | None = Field(None, validation_alias=_env(Env.MODEL_SHA256))
+    max_tokens: int = Field(256, ge=8, le=8192, validation_alias=_env(Env.MAX_TOKENS))
+    enable_batch: bool = Field(False, validation_alias=_env(Env.ENABLE_BATCH))
+    drift_threshold: float = Field(0.2, gt=0, validation_alias=_env(Env.DRIFT_THRESHOLD))
+    calibration_params_path: Path | None = Field(None, validation_alias=_env(Env.CALIBRATION_PARAMS_PATH))
+    enable_ab_routing: bool = Field(False, validation_alias=_env(Env.ENABLE_AB_ROUTING))
+    enable_quantized_model: bool = Field(False, validation_alias=_env(Env.ENABLE_QUANTIZED_MODEL))
+    enable_explainability: bool = Field(False, validation_alias=_env(Env.ENABLE_EXPLAINABILITY))
+    otlp_endpoint: str | None = Field(None, validation_alias=_env(Env.OTEL_EXPORTER_OTLP_ENDPOINT))
+
+    # --- server tuning ---
+    host: str = Field("0.0.0.0", min_length=1, validation_alias=_env(Env.HOST))
+    port: int = Field(HTTP_PORT, ge=1, le=65535, validation_alias=_env(Env.PORT))
+    max_batch_size: int = Field(32, ge=1, le=1024, validation_alias=_env(Env.MAX_BATCH_SIZE))
+    batch_wait_ms: float = Field(3.0, ge=0, le=1000, validation_alias=_env(Env.BATCH_WAIT_MS))
+    max_batch_tokens: int = Field(8192, ge=8, validation_alias=_env(Env.MAX_BATCH_TOKENS))
+    max_batch_items: int = Field(64, ge=1, le=4096, validation_alias=_env(Env.MAX_BATCH_ITEMS))
+    max_body_bytes: int = Field(256 * 1024, ge=1024, validation_alias=_env(Env.MAX_BODY_BYTES))
+    rate_limit_infer_per_second: float = Field(
+        1000.0, ge=0, validation_alias=_env(Env.RATE_LIMIT_INFER_PER_SECOND)
+    )
+    rate_limit_batch_per_second: float = Field(50.0, ge=0, validation_alias=_env(Env.RATE_LIMIT_BATCH_PER_SECOND))
+    rate_limit_explain_per_second: float = Field(
+        10.0, ge=0, validation_alias=_env(Env.RATE_LIMIT_EXPLAIN_PER_SECOND)
+    )
+    feedback_db_path: Path = Field(Path("feedback.sqlite3"), validation_alias=_env(Env.FEEDBACK_DB_PATH))
+    torch_threads: int = Field(0, ge=0, le=256, validation_alias=_env(Env.TORCH_THREADS))
+    shutdown_grace_seconds: float = Field(20.0, ge=0, le=600, validation_alias=_env(Env.SHUTDOWN_GRACE_SECONDS))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env(Env.LOG_LEVEL))
+
+    # Not environment-driven knobs: fixed policy of the feedback loop.
+    feedback_retention_days: PositiveInt = 30
+    recent_requests_max: PositiveInt = 10_000
+    recent_requests_ttl_seconds: PositiveInt = 24 * 3600
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        v = value.strip().lower().removeprefix("sha256:")
+        if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+            raise ValueError("must be 64 hexadecimal characters (optionally prefixed 'sha256:')")
+        return v
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory (expected a Hugging Face model directory)")
+        return value
+
+    @field_validator("calibration_params_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("calibration_params_path")
+    @classmethod
+    def _calibration_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file (expected temperature-scaling JSON)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    info = ServerSettings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        name = _variable_name(tuple(e["loc"]))
+        given = e.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) and given != "" else ""
+        lines.append(f"{name}: {e['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> ServerSettings:
+    """Settings from ``environ`` (default: the process environment) plus keyword overrides."""
+    try:
+        if environ is None:
+            return ServerSettings(**overrides)  # type: ignore[arg-type]
+        # Explicit mapping (tests, the demo): match names case-insensitively like the env source.
+        lowered = {k.lower(): v for k, v in environ.items()}
+        known = {
+            str(alias.choices[0]).lower(): str(alias.choices[0])
+            for info in ServerSettings.model_fields.values()
+            if isinstance(alias := info.validation_alias, AliasChoices)
+        }
+        data: dict[str, object] = {known[k]: v for k, v in lowered.items() if k in known}
+        data.update(overrides)
+        return ServerSettings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from err
