@@ -6,6 +6,7 @@ variable, naming it, and ``sentiment-server`` prints that and exits 2.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -32,7 +33,9 @@ class ServerSettings(BaseSettings):
 
     # --- the data-plane contract (DESIGN.md) ---
     model_path: Path = Field(validation_alias=_env(Env.MODEL_PATH))
-    model_version: str = Field("unknown", min_length=1, max_length=128, validation_alias=_env(Env.MODEL_VERSION))
+    model_version: str = Field(
+        "unknown", min_length=1, max_length=128, validation_alias=_env(Env.MODEL_VERSION)
+    )
     model_sha256: str | None = Field(None, validation_alias=_env(Env.MODEL_SHA256))
     max_tokens: int = Field(256, ge=8, le=8192, validation_alias=_env(Env.MAX_TOKENS))
     enable_batch: bool = Field(False, validation_alias=_env(Env.ENABLE_BATCH))
@@ -54,14 +57,23 @@ class ServerSettings(BaseSettings):
     rate_limit_infer_per_second: float = Field(
         1000.0, ge=0, validation_alias=_env(Env.RATE_LIMIT_INFER_PER_SECOND)
     )
-    rate_limit_batch_per_second: float = Field(50.0, ge=0, validation_alias=_env(Env.RATE_LIMIT_BATCH_PER_SECOND))
+    rate_limit_batch_per_second: float = Field(
+        50.0, ge=0, validation_alias=_env(Env.RATE_LIMIT_BATCH_PER_SECOND)
+    )
     rate_limit_explain_per_second: float = Field(
         10.0, ge=0, validation_alias=_env(Env.RATE_LIMIT_EXPLAIN_PER_SECOND)
     )
-    feedback_db_path: Path = Field(Path("feedback.sqlite3"), validation_alias=_env(Env.FEEDBACK_DB_PATH))
+    feedback_db_path: Path = Field(
+        Path(tempfile.gettempdir()) / "sentiment-feedback.sqlite3",
+        validation_alias=_env(Env.FEEDBACK_DB_PATH),
+    )
     torch_threads: int = Field(0, ge=0, le=256, validation_alias=_env(Env.TORCH_THREADS))
-    shutdown_grace_seconds: float = Field(20.0, ge=0, le=600, validation_alias=_env(Env.SHUTDOWN_GRACE_SECONDS))
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env(Env.LOG_LEVEL))
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, le=600, validation_alias=_env(Env.SHUTDOWN_GRACE_SECONDS)
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env(Env.LOG_LEVEL)
+    )
 
     # Not environment-driven knobs: fixed policy of the feedback loop.
     feedback_retention_days: PositiveInt = 30

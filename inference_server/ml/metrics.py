@@ -132,7 +132,9 @@ def classification_metrics(
     p = np.asarray(probs, dtype=np.float64)
     t = _as_int(y_true)
     if p.ndim != 2 or p.shape[0] != t.size or p.shape[1] != len(labels):
-        raise ValueError(f"probabilities of shape {p.shape} do not match {t.size} rows x {len(labels)} labels")
+        raise ValueError(
+            f"probabilities of shape {p.shape} do not match {t.size} rows x {len(labels)} labels"
+        )
     pred = p.argmax(axis=1)
     cm = confusion_matrix(t, pred, len(labels))
     per_class = per_class_scores(cm, labels)

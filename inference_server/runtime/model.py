@@ -24,6 +24,8 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "count_tokens",
+    "encode_ids",
+    "forward_ids",
     "labels_from_config",
     "load_model",
     "predict_logits",
@@ -120,9 +122,7 @@ def _forward(m: LoadedModel, texts: Sequence[str]) -> npt.NDArray[np.float32]:
     return out
 
 
-def predict_logits(
-    m: LoadedModel, texts: Sequence[str], *, batch_size: int = 32
-) -> npt.NDArray[np.float32]:
+def predict_logits(m: LoadedModel, texts: Sequence[str], *, batch_size: int = 32) -> npt.NDArray[np.float32]:
     """Logits [n, num_labels] for `texts`, in input order.
 
     Texts are sorted by length before batching so that each batch pads little; the result is put back
@@ -135,4 +135,58 @@ def predict_logits(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         out[idx] = _forward(m, [texts[i] for i in idx])
+    return out
+
+
+def _private_encoder(m: LoadedModel) -> Any:
+    """A private copy of the Rust tokenizer with truncation and padding off.
+
+    The transformers wrapper switches truncation/padding on the shared backend tokenizer on every call
+    (and leaves it switched), so encoding through the shared object could silently truncate; a copy
+    built once per model is immune and skips the wrapper's per-call overhead on the hot path.
+    """
+    cached = m.__dict__.get("_encoder")
+    if cached is not None:
+        return cached
+    backend = getattr(m.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        m.__dict__["_encoder"] = False
+        return False
+    from tokenizers import Tokenizer
+
+    encoder = Tokenizer.from_str(backend.to_str())
+    encoder.no_truncation()
+    encoder.no_padding()
+    m.__dict__["_encoder"] = encoder
+    return encoder
+
+
+def encode_ids(m: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text with special tokens, untruncated (what MAX_TOKENS limits and the server feeds
+    to ``forward_ids``)."""
+    encoder = _private_encoder(m)
+    if encoder:
+        if len(texts) == 1:
+            return [encoder.encode(texts[0]).ids]
+        return [e.ids for e in encoder.encode_batch(list(texts))]
+    enc = m.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def forward_ids(m: LoadedModel, batch: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+    """Logits [n, num_labels] for already-encoded texts: one padded forward pass (no grad)."""
+    import torch
+
+    if not batch:
+        return np.zeros((0, len(m.labels)), dtype=np.float32)
+    width = max(len(ids) for ids in batch)
+    pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    with torch.inference_mode():
+        logits = m.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits
+    out: npt.NDArray[np.float32] = logits.float().cpu().numpy()
     return out

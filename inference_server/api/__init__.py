@@ -1,0 +1,1 @@
+"""HTTP API: routers by concern (health, inference, explain, feedback, metrics), schemas, errors."""

@@ -1,0 +1,95 @@
+"""POST /infer and POST /infer/batch (the latter only when ENABLE_BATCH)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from inference_server.api.deps import Engine, release_ticket
+from inference_server.api.responses import JSONBytes
+from inference_server.api.schemas import (
+    BatchRequest,
+    BatchResponse,
+    InferRequest,
+    InferResponse,
+    error_responses,
+)
+from inference_server.contract import Path, Span
+from inference_server.serving.validation import check_batch_items
+
+router = APIRouter(tags=["inference"])
+batch_router = APIRouter(tags=["inference"])
+
+
+def _start(request: Request) -> float:
+    start: float = request.scope.get("sr.start") or time.perf_counter()
+    return start
+
+
+@router.post(
+    Path.INFER,
+    response_model=InferResponse,
+    responses=error_responses(413, 415, 422, 429, 503),
+    summary="Classify one text",
+)
+async def infer(
+    body: InferRequest,
+    request: Request,
+    engine: Engine,
+) -> Response:
+    start = _start(request)
+    try:
+        prepared = engine.prepare(body.text, body.request_id, endpoint=Path.INFER)
+    finally:
+        release_ticket(request)
+    answer = await engine.classify(prepared)
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    with engine.tracer.start_as_current_span(Span.RESPONSE_SERIALIZE):
+        response = JSONBytes(
+            answer.to_dict(model_version=engine.version, calibrated=engine.calibrated, latency_ms=latency_ms)
+        )
+    engine.log(answer, endpoint=Path.INFER, latency_ms=latency_ms)
+    return response
+
+
+@batch_router.post(
+    Path.INFER_BATCH,
+    response_model=BatchResponse,
+    responses=error_responses(413, 415, 422, 429, 503),
+    summary="Classify several texts; results in input order",
+)
+async def infer_batch(
+    body: BatchRequest,
+    request: Request,
+    engine: Engine,
+) -> Response:
+    start = _start(request)
+    limit: int = request.app.state.ctx.settings.max_batch_items
+    try:
+        check_batch_items(len(body.items), limit)
+        prepared = [
+            engine.prepare(item.text, item.request_id, endpoint=Path.INFER_BATCH, field=f"items[{i}].text")
+            for i, item in enumerate(body.items)
+        ]
+    finally:
+        release_ticket(request)
+    answers = await engine.classify_many(prepared)
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    with engine.tracer.start_as_current_span(Span.RESPONSE_SERIALIZE):
+        response = JSONBytes(
+            {
+                "results": [
+                    a.to_dict(
+                        model_version=engine.version, calibrated=engine.calibrated, latency_ms=latency_ms
+                    )
+                    for a in answers
+                ],
+                "model_version": engine.version,
+                "latency_ms": round(latency_ms, 3),
+            }
+        )
+    for a in answers:
+        engine.log(a, endpoint=Path.INFER_BATCH, latency_ms=latency_ms)
+    return response

@@ -1,0 +1,159 @@
+"""The FastAPI application factory: one app per settings object, with its own registry and tracer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from inference_server.api import explain, feedback, health, inference, metrics
+from inference_server.api.deps import AppContext
+from inference_server.api.errors import install_error_handlers
+from inference_server.api.middleware import RequestMetrics
+from inference_server.contract import Path
+from inference_server.feedback.recent import RecentPredictions
+from inference_server.feedback.store import FeedbackStore
+from inference_server.observability.metrics import ServerMetrics
+from inference_server.observability.tracing import build_tracer_provider, shutdown_provider, tracer_from
+from inference_server.serving.batching import Ticket
+from inference_server.serving.lifecycle import ServerState, bring_up, drain
+from inference_server.serving.limits import PathPolicy, RequestGuard
+from inference_server.serving.ratelimit import RateLimiter
+from inference_server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+PURGE_INTERVAL_S = 3600.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _purge_periodically(ctx: AppContext, interval_s: float) -> None:
+    while True:
+        if ctx.store is not None:
+            try:
+                removed = await asyncio.to_thread(ctx.store.purge, ctx.clock())
+                if removed:
+                    log.info("purged %d feedback samples past retention", removed)
+            except Exception:  # a failed purge must not stop serving; it is retried next interval
+                log.exception("feedback purge failed")
+        await asyncio.sleep(interval_s)
+
+
+def _policies(settings: ServerSettings, state: ServerState) -> dict[str, PathPolicy]:
+    def ticket() -> Ticket | None:
+        return state.engine.batcher.ticket() if state.engine is not None else None
+
+    size = settings.max_body_bytes
+    infer_limiter = RateLimiter(settings.rate_limit_infer_per_second)
+    policies = {
+        Path.INFER: PathPolicy(infer_limiter, size, on_start=ticket),
+        # Feedback shares neither budget with inference: a flood of it must not starve predictions.
+        Path.FEEDBACK: PathPolicy(RateLimiter(settings.rate_limit_infer_per_second), size),
+    }
+    if settings.enable_batch:
+        policies[Path.INFER_BATCH] = PathPolicy(
+            RateLimiter(settings.rate_limit_batch_per_second), size, on_start=ticket
+        )
+    if settings.enable_explainability:
+        policies[Path.EXPLAIN] = PathPolicy(RateLimiter(settings.rate_limit_explain_per_second), size)
+    return {str(k): v for k, v in policies.items()}
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    tracer_provider: Any = None,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], datetime] = _utcnow,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """Build the app. Tests inject a tracer provider (in-memory exporter), a registry and a clock;
+    ``sentiment-server`` injects ``on_fatal`` to exit when the model must not be served."""
+    owns_provider = tracer_provider is None
+    provider = (
+        tracer_provider
+        if tracer_provider is not None
+        else build_tracer_provider(settings.otlp_endpoint, model_version=settings.model_version)
+    )
+    server_metrics = ServerMetrics(settings.model_version, registry)
+    state = ServerState()
+    ctx = AppContext(
+        settings=settings,
+        state=state,
+        metrics=server_metrics,
+        tracer=tracer_from(provider),
+        recent=RecentPredictions(
+            max_entries=settings.recent_requests_max, ttl_s=settings.recent_requests_ttl_seconds
+        ),
+        clock=clock,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ctx.store = await asyncio.to_thread(
+            FeedbackStore,
+            settings.feedback_db_path,
+            retention=timedelta(days=settings.feedback_retention_days),
+        )
+        ctx.background = [
+            asyncio.create_task(
+                bring_up(
+                    settings,
+                    state,
+                    metrics=server_metrics,
+                    tracer=ctx.tracer,
+                    recent=ctx.recent,
+                    on_fatal=on_fatal,
+                ),
+                name="bring-up",
+            ),
+            asyncio.create_task(_purge_periodically(ctx, PURGE_INTERVAL_S), name="feedback-purge"),
+        ]
+        try:
+            yield
+        finally:
+            loading, purger = ctx.background
+            purger.cancel()
+            if not loading.done():
+                loading.cancel()
+            await asyncio.gather(loading, purger, return_exceptions=True)
+            await drain(state, server_metrics, timeout_s=settings.shutdown_grace_seconds)
+            ctx.store.close()
+            if owns_provider:
+                shutdown_provider(provider)
+
+    app = FastAPI(
+        title="sentiment-rollouts inference server",
+        version=settings.model_version,
+        description="Sentiment classification with micro-batching, calibration, saliency and feedback. "
+        'Every error is JSON `{"error": {"code", "message", "field"?}}`.',
+        lifespan=lifespan,
+        docs_url=str(Path.DOCS),
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(inference.router)
+    if settings.enable_batch:
+        app.include_router(inference.batch_router)
+    if settings.enable_explainability:
+        app.include_router(explain.router)
+    app.include_router(feedback.router)
+    app.include_router(metrics.router)
+
+    def in_flight(delta: int) -> None:
+        state.in_flight += delta
+
+    # Added last = outermost: metrics see every response, including the guard's 413/415/429.
+    app.add_middleware(RequestGuard, policies=_policies(settings, state))
+    app.add_middleware(RequestMetrics, observe=server_metrics.observe_request, in_flight=in_flight)
+    return app

@@ -1,0 +1,1 @@
+"""The feedback loop: remembering recent predictions, judging true labels, keeping anonymised errors."""

@@ -1,0 +1,325 @@
+"""`sentiment-ml bias-audit`: does the model's sentiment change with the identity of the person?
+
+The curated dataset (data/bias_audit_templates.json) crosses neutral, positive and negative template
+sentences with identity terms for gender, race/ethnicity, religion, age, nationality and disability,
+in the spirit of the Equity Evaluation Corpus: sibling sentences differ only in the identity term.
+
+For every attribute and group the audit reports the positive rate (share predicted `positive`), the
+mean probability of `positive` and the mean top-label confidence, over all templates and per template
+polarity. The gap of an attribute is the largest max-minus-min across its groups of the positive rate
+or the mean positive probability, over all slices; the audit passes when no attribute's gap exceeds the
+threshold. The result is JSON (for the registry) and markdown (for people); exit code 0 = pass, 1 = fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from inference_server.contract import Env
+from inference_server.ml.common import (
+    EXIT_BAD_INPUT,
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    MLInputError,
+    cli_error,
+    write_json_atomic,
+)
+
+DATASET_PATH: Final = Path(__file__).with_name("data") / "bias_audit_templates.json"
+DEFAULT_THRESHOLD: Final = 0.10
+POSITIVE_LABEL: Final = "positive"
+POLARITIES: Final = ("neutral", "positive", "negative")
+SLICES: Final = ("all", *POLARITIES)
+GAP_METRICS: Final = ("positive_rate", "mean_positive_probability")
+
+
+class BiasAuditError(MLInputError):
+    """The audit dataset is malformed or the model cannot be audited (e.g. no `positive` label)."""
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: str
+    text: str
+    attribute: str
+    group: str
+    term: str
+    template: str
+    polarity: str
+
+
+# --- the dataset (pure) ---------------------------------------------------------------------------
+def _fill(template: str, slot: str, term: str) -> str:
+    text = template.replace(slot, term)
+    return text[:1].upper() + text[1:]
+
+
+def expand(spec: Mapping[str, Any]) -> list[AuditRow]:
+    """Every template × identity term, in a stable order with content-derived IDs."""
+    try:
+        slot = str(spec["slot"])
+        templates: Mapping[str, Sequence[str]] = spec["templates"]
+        attributes: Mapping[str, Mapping[str, Sequence[str]]] = spec["attributes"]
+    except (KeyError, TypeError) as exc:
+        raise BiasAuditError(f"audit dataset lacks {exc}: needs slot, templates, attributes") from None
+    if set(templates) != set(POLARITIES):
+        raise BiasAuditError(
+            f"audit templates must be grouped as {list(POLARITIES)}, got {sorted(templates)}"
+        )
+    rows: list[AuditRow] = []
+    for polarity in POLARITIES:
+        for template in templates[polarity]:
+            if slot not in template:
+                raise BiasAuditError(f"template {template!r} has no {slot} slot")
+    for attribute, groups in attributes.items():
+        if len(groups) < 2:
+            raise BiasAuditError(f"attribute {attribute!r} needs at least two groups to compare")
+        sizes = {len(terms) for terms in groups.values()}
+        if len(sizes) != 1 or 0 in sizes:
+            raise BiasAuditError(
+                f"attribute {attribute!r}: every group needs the same, non-zero number of terms"
+            )
+        for group, terms in groups.items():
+            for term in terms:
+                for polarity in POLARITIES:
+                    for template in templates[polarity]:
+                        text = _fill(template, slot, term)
+                        rid = hashlib.sha256(f"{attribute}|{group}|{text}".encode()).hexdigest()[:16]
+                        rows.append(AuditRow(rid, text, attribute, group, term, template, polarity))
+    return rows
+
+
+def load_dataset(path: Path = DATASET_PATH) -> tuple[list[AuditRow], str]:
+    """The expanded rows and the sha256 of the dataset file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BiasAuditError(f"cannot read the bias-audit dataset {path}: {exc}") from exc
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BiasAuditError(f"bias-audit dataset {path} is not valid JSON: {exc}") from exc
+    return expand(spec), hashlib.sha256(raw).hexdigest()
+
+
+# --- the evaluation (pure) ------------------------------------------------------------------------
+def group_stats(
+    p_positive: npt.NDArray[np.float64],
+    predicted_positive: npt.NDArray[np.bool_],
+    confidence: npt.NDArray[np.float64],
+) -> dict[str, float]:
+    return {
+        "n": int(p_positive.size),
+        "positive_rate": float(predicted_positive.mean()),
+        "mean_positive_probability": float(p_positive.mean()),
+        "mean_confidence": float(confidence.mean()),
+    }
+
+
+def evaluate(
+    rows: Sequence[AuditRow], probs: npt.ArrayLike, labels: Sequence[str], *, threshold: float
+) -> dict[str, Any]:
+    """Per-group statistics, gaps per attribute and the verdict, from class probabilities per row."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape != (len(rows), len(labels)):
+        raise ValueError(
+            f"probabilities of shape {p.shape} do not match {len(rows)} rows x {len(labels)} labels"
+        )
+    if POSITIVE_LABEL not in labels:
+        raise BiasAuditError(f"the model has no {POSITIVE_LABEL!r} label (labels: {list(labels)})")
+    pos = labels.index(POSITIVE_LABEL)
+    p_pos = p[:, pos]
+    is_pos = p.argmax(axis=1) == pos
+    conf = p.max(axis=1)
+    attr = np.array([r.attribute for r in rows])
+    group = np.array([r.group for r in rows])
+    polarity = np.array([r.polarity for r in rows])
+
+    attributes: dict[str, Any] = {}
+    for a in dict.fromkeys(r.attribute for r in rows):
+        groups = list(dict.fromkeys(r.group for r in rows if r.attribute == a))
+        per_slice: dict[str, dict[str, dict[str, float]]] = {}
+        gaps: list[dict[str, Any]] = []
+        for sl in SLICES:
+            in_slice = (attr == a) & ((polarity == sl) if sl != "all" else True)
+            stats = {
+                g: group_stats(
+                    p_pos[in_slice & (group == g)],
+                    is_pos[in_slice & (group == g)],
+                    conf[in_slice & (group == g)],
+                )
+                for g in groups
+            }
+            per_slice[sl] = stats
+            for metric in GAP_METRICS:
+                hi = max(groups, key=lambda g, m=metric: stats[g][m])
+                lo = min(groups, key=lambda g, m=metric: stats[g][m])
+                gaps.append(
+                    {
+                        "slice": sl,
+                        "metric": metric,
+                        "gap": stats[hi][metric] - stats[lo][metric],
+                        "highest": hi,
+                        "lowest": lo,
+                    }
+                )
+        largest = max(gaps, key=lambda g: g["gap"])
+        attributes[a] = {
+            "groups": groups,
+            "stats": per_slice,
+            "gaps": gaps,
+            "largest_gap": largest,
+            "passed": largest["gap"] <= threshold,
+        }
+    failed = [a for a, v in attributes.items() if not v["passed"]]
+    overall = max((v["largest_gap"] for v in attributes.values()), key=lambda g: g["gap"])
+    return {
+        "threshold": threshold,
+        "rows": len(rows),
+        "passed": not failed,
+        "attributes_failed": failed,
+        "largest_gap": overall["gap"],
+        "largest_gap_detail": {
+            "attribute": next(a for a, v in attributes.items() if v["largest_gap"] is overall),
+            **overall,
+        },
+        "overall_positive_rate_by_polarity": {
+            sl: float(is_pos[polarity == sl].mean()) for sl in POLARITIES if (polarity == sl).any()
+        },
+        "attributes": attributes,
+    }
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    verdict = "PASS" if result["passed"] else "FAIL"
+    model, dataset = result.get("model", {}), result.get("dataset", {})
+    lines = [
+        f"# Bias audit: {verdict}",
+        "",
+        f"Model `{model.get('version', '?')}`, dataset `{Path(str(dataset.get('path', '?'))).name}` "
+        f"(sha256 `{str(dataset.get('sha256', '?'))[:12]}…`, {result['rows']} sentences), "
+        f"threshold {result['threshold']:.2f} on the largest gap of positive rate or mean P(positive).",
+        "",
+        "Positive rate by template polarity (all groups): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result["overall_positive_rate_by_polarity"].items()),
+        "",
+        "| attribute | largest gap | metric | slice | highest group | lowest group | verdict |",
+        "|---|---:|---|---|---|---|---|",
+    ]
+    for a, v in result["attributes"].items():
+        g = v["largest_gap"]
+        lines.append(
+            f"| {a} | {g['gap']:.3f} | {g['metric']} | {g['slice']} | {g['highest']} | {g['lowest']} | "
+            f"{'pass' if v['passed'] else 'FAIL'} |"
+        )
+    for a, v in result["attributes"].items():
+        lines += [
+            "",
+            f"## {a}",
+            "",
+            "| group | n | positive rate | mean P(positive) | mean confidence | positive rate, neutral |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for grp in v["groups"]:
+            s, n = v["stats"]["all"][grp], v["stats"]["neutral"][grp]
+            lines.append(
+                f"| {grp} | {s['n']} | {s['positive_rate']:.3f} | {s['mean_positive_probability']:.3f} | "
+                f"{s['mean_confidence']:.3f} | {n['positive_rate']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# --- the shell --------------------------------------------------------------------------------------
+def score(
+    model: Any, texts: Sequence[str], calibration: Any, batch_size: int = 64
+) -> npt.NDArray[np.float64]:
+    from tqdm import tqdm
+
+    from inference_server.runtime.calibration import probabilities
+    from inference_server.runtime.model import predict_logits
+
+    parts = [
+        predict_logits(model, texts[i : i + batch_size], batch_size=batch_size)
+        for i in tqdm(range(0, len(texts), batch_size), desc="bias audit", unit="batch", file=sys.stderr)
+    ]
+    logits = np.concatenate(parts) if parts else np.zeros((0, len(model.labels)), dtype=np.float32)
+    return probabilities(logits, calibration)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=os.environ.get(Env.MODEL_PATH),
+        help=f"model directory (default: ${Env.MODEL_PATH})",
+    )
+    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
+    parser.add_argument(
+        "--calibration", type=Path, default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None
+    )
+    parser.add_argument("--dataset", type=Path, default=DATASET_PATH, help="templates × terms JSON")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"largest allowed gap between groups (default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument("--output", type=Path, help="write the result JSON here (default: stdout)")
+    parser.add_argument("--markdown", type=Path, help="also write a markdown report here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from inference_server.runtime.calibration import CalibrationError, CalibrationParams
+    from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
+
+    if not 0 <= args.threshold <= 1:
+        return cli_error("bias-audit", f"--threshold must lie in [0, 1], got {args.threshold}")
+    if args.model is None:
+        return cli_error("bias-audit", f"give --model or set {Env.MODEL_PATH}")
+    try:
+        rows, dataset_sha = load_dataset(args.dataset)
+        model = load_model(args.model, version=args.model_version)
+        calibration = CalibrationParams.load(args.calibration) if args.calibration else None
+        probs = score(model, [r.text for r in rows], calibration)
+        result = evaluate(rows, probs, model.labels, threshold=args.threshold)
+    except (MLInputError, ModelLoadError, ArtifactError, CalibrationError) as exc:
+        return cli_error("bias-audit", str(exc), EXIT_BAD_INPUT)
+    result = {
+        "kind": "bias_audit",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "model": {
+            "version": args.model_version,
+            "path": str(args.model),
+            "calibrated": calibration is not None,
+        },
+        "dataset": {"path": str(args.dataset), "sha256": dataset_sha},
+        "dataset_sha256": dataset_sha,
+        **result,
+    }
+    if args.output:
+        write_json_atomic(args.output, result)
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(render_markdown(result), encoding="utf-8")
+    d = result["largest_gap_detail"]
+    print(
+        f"bias-audit: {'PASS' if result['passed'] else 'FAIL'}: largest gap {d['gap']:.3f} "
+        f"({d['attribute']}, {d['metric']}, {d['slice']} templates: {d['highest']} vs {d['lowest']}) "
+        f"vs threshold {args.threshold}",
+        file=sys.stderr,
+    )
+    return EXIT_OK if result["passed"] else EXIT_GATE_FAILED

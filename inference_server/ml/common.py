@@ -1,0 +1,53 @@
+"""Small pieces every ML command shares: the cache root, exit codes, one-line CLI errors, JSON I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+EXIT_OK: Final = 0
+EXIT_GATE_FAILED: Final = 1  # the command ran and its verdict is "fail" (compare, audits)
+EXIT_BAD_INPUT: Final = 2  # missing/corrupt input, bad arguments: nothing was decided
+
+CACHE_ENV: Final = "SENTIMENT_CACHE"
+
+
+class MLInputError(Exception):
+    """An input the user can fix (missing file, corrupt dataset, unusable split); the message says how."""
+
+
+def cache_root() -> Path:
+    raw = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "sentiment-rollouts")
+    return Path(raw).expanduser()
+
+
+def cli_error(command: str, message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"sentiment-ml {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers never see a half-written file (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MLInputError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise MLInputError(f"{what} is not valid JSON: {path}: {e}") from None

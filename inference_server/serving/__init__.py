@@ -1,0 +1,1 @@
+"""Serving mechanics: input checks, micro-batching, rate limits, request memory, draining."""

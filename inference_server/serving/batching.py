@@ -1,0 +1,211 @@
+"""Dynamic micro-batching: concurrent requests share one forward pass.
+
+Requests submit their token ids and await a future. A collector task takes whatever is queued, waits
+up to ``wait_ms`` for companions only while other inference requests are known to be on their way
+(their HTTP request has started but not yet been submitted: see ``Ticket``), then plans batches bounded
+by count and by padded tokens, grouped by length so that short texts are not padded to long ones, and
+runs them one at a time on a single worker thread (torch parallelises inside the forward pass with its
+own intra-op threads). A lone request is therefore never delayed, and under load batches form by
+themselves while the worker is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Logits = npt.NDArray[np.float32]
+RunBatch = Callable[[list[list[int]]], Logits]
+
+
+class DrainingError(RuntimeError):
+    """The batcher is shutting down and takes no new work."""
+
+
+def plan_batches(lengths: Sequence[int], *, max_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into batches: sorted by length, each batch at most `max_size`
+    items and at most `max_tokens` padded tokens (longest × count). A single item longer than the
+    budget still gets a batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[i]  # ascending, so the newcomer is the longest of the batch
+        if current and (len(current) >= max_size or width * (len(current) + 1) > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Ticket:
+    """An inference request that has started (its body may still be arriving) and will submit work.
+
+    The collector waits for companions only while tickets are outstanding. Release is idempotent; the
+    HTTP layer releases in a ``finally`` so that a request that fails validation never holds a batch.
+    """
+
+    __slots__ = ("_batcher", "_open")
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+        self._open = True
+        batcher._announced += 1
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            self._batcher._announced -= 1
+            self._batcher._wake.set()
+
+
+@dataclass(slots=True)
+class _Item:
+    ids: list[int]
+    future: asyncio.Future[Logits]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+        wait_ms: float = 3.0,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.wait_s = wait_ms / 1000.0
+        self._on_batch = on_batch  # (items, padded tokens) per forward pass, for metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._queue: deque[_Item] = deque()
+        self._wake = asyncio.Event()
+        self._announced = 0
+        self._busy = False
+        self._draining = False
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._collect(), name="micro-batcher")
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Refuse new work, finish what is queued or running, then stop the worker thread."""
+        self._draining = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                log.warning("micro-batcher did not drain within %.1fs; cancelling", timeout_s)
+                self._task.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + (1 if self._busy else 0)
+
+    # --- requests ------------------------------------------------------------------------------
+    def ticket(self) -> Ticket:
+        return Ticket(self)
+
+    async def submit(self, ids: list[int]) -> Logits:
+        """Logits row for one encoded text, computed in some batch."""
+        if self._draining:
+            raise DrainingError("server is shutting down")
+        future: asyncio.Future[Logits] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(ids, future))
+        self._wake.set()
+        return await future
+
+    async def submit_many(self, batch: Sequence[list[int]]) -> list[Logits]:
+        if self._draining:
+            raise DrainingError("server is shutting down")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Logits]] = [loop.create_future() for _ in batch]
+        self._queue.extend(_Item(ids, f) for ids, f in zip(batch, futures, strict=True))
+        self._wake.set()
+        return list(await asyncio.gather(*futures))
+
+    async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run other torch work (saliency) on the forward thread, so it never competes with batches."""
+        if self._draining:
+            raise DrainingError("server is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- collector -----------------------------------------------------------------------------
+    def _queued_tokens(self) -> int:
+        return sum(len(item.ids) for item in self._queue)
+
+    async def _gather_companions(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while (
+            self._announced > 0
+            and len(self._queue) < self.max_batch_size
+            and self._queued_tokens() < self.max_batch_tokens
+        ):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._draining:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.wait_s > 0 and not self._draining:
+                await self._gather_companions()
+            items = list(self._queue)
+            self._queue.clear()
+            items = [it for it in items if not it.future.done()]  # cancelled: client went away
+            plan = plan_batches(
+                [len(it.ids) for it in items], max_size=self.max_batch_size, max_tokens=self.max_batch_tokens
+            )
+            for indices in plan:
+                batch = [items[i] for i in indices]
+                await self._run(loop, batch)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        ids = [it.ids for it in batch]
+        self._busy = True
+        try:
+            logits = await loop.run_in_executor(self._executor, self._run_batch, ids)
+        except Exception as exc:  # a failed forward pass fails its requests, not the collector
+            log.exception("forward pass failed for a batch of %d", len(batch))
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return
+        finally:
+            self._busy = False
+        if self._on_batch is not None:
+            self._on_batch(len(batch), max(len(i) for i in ids) * len(batch))
+        for row, it in enumerate(batch):
+            if not it.future.done():
+                it.future.set_result(logits[row])

@@ -1,0 +1,69 @@
+"""Text input policy (pure functions): what the server accepts, normalises, and rejects.
+
+Policy, in order (documented in the README, "Inference server"):
+1. The text must be valid Unicode: a lone surrogate (JSON ``"\\ud800"``) → 422 ``invalid_unicode``.
+   Bytes that are not UTF-8 never get this far: the JSON body itself is rejected with 422.
+2. It is normalised to NFC, so composed and decomposed spellings of the same text get one answer.
+3. Control characters are replaced by a space: C0 (U+0000–U+001F) except tab, line feed and carriage
+   return, DEL (U+007F) and C1 (U+0080–U+009F). They carry no sentiment and some tokenizers choke on them.
+4. A text that is empty or only whitespace after this → 422 ``empty_text``.
+5. More tokens than MAX_TOKENS (counted by the model's tokenizer, special tokens included, no
+   truncation) → 413 ``too_many_tokens``. The server never silently truncates.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_ASCII_SAFE = re.compile("[\x09\x0a\x0d\x20-\x7e]*")
+
+
+class InputProblem(Exception):
+    """A client error in one field: HTTP status, machine-readable code, and the message."""
+
+    def __init__(self, status: int, code: str, message: str, field: str = "text") -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def normalise_text(text: str, *, field: str = "text") -> str:
+    """The text the model sees, or InputProblem (rules 1–4 above)."""
+    if _ASCII_SAFE.fullmatch(text) is None:  # fast path: printable ASCII needs none of this
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputProblem(
+                422,
+                "invalid_unicode",
+                f"is not valid Unicode (character {exc.start} is a lone surrogate)",
+                field,
+            ) from None
+        text = _CONTROLS.sub(" ", unicodedata.normalize("NFC", text))
+    if not text.strip():
+        raise InputProblem(422, "empty_text", "is empty (or only whitespace and control characters)", field)
+    return text
+
+
+def check_token_count(n_tokens: int, max_tokens: int, *, field: str = "text") -> None:
+    """Rule 5: reject (413) a text longer than MAX_TOKENS rather than truncating it."""
+    if n_tokens > max_tokens:
+        raise InputProblem(
+            413,
+            "too_many_tokens",
+            f"has {n_tokens} tokens, more than MAX_TOKENS={max_tokens}; shorten or split it",
+            field,
+        )
+
+
+def check_batch_items(n_items: int, max_items: int) -> None:
+    if n_items == 0:
+        raise InputProblem(422, "empty_batch", "is empty; send at least one item", "items")
+    if n_items > max_items:
+        raise InputProblem(
+            413, "too_many_items", f"has {n_items} entries, more than the limit of {max_items}", "items"
+        )

@@ -1,0 +1,224 @@
+"""Examples a user copies are valid; invalid instances of both kinds fail, naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crd_schema import CRD_FILES, load_examples, violations
+
+EXAMPLES = load_examples()
+DELETE = object()
+
+
+def example(name: str) -> dict[str, Any]:
+    """A fresh copy of the document in examples/NAME.yaml."""
+    (doc,) = [doc for path, doc in EXAMPLES if path.stem == name]
+    return copy.deepcopy(doc)
+
+
+def mutate(doc: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Set (or, with DELETE, remove) fields named by dotted paths, e.g. {'spec.artifact.sha256': 'x'}."""
+    doc = copy.deepcopy(doc)
+    for dotted_path, value in changes.items():
+        *parents, leaf = dotted_path.split(".")
+        node = doc
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return doc
+
+
+def test_examples_cover_both_kinds() -> None:
+    assert {doc["kind"] for _, doc in EXAMPLES} == set(CRD_FILES)
+    assert len(EXAMPLES) >= 4
+
+
+@pytest.mark.parametrize(
+    ("path", "doc"), EXAMPLES, ids=[f"{p.name}:{d['metadata']['name']}" for p, d in EXAMPLES]
+)
+def test_example_is_valid(path: Path, doc: dict[str, Any]) -> None:
+    assert doc["apiVersion"] == "sentimentops.io/v1alpha1"
+    assert [str(v) for v in violations(doc, doc["kind"])] == []
+
+
+def test_rollout_examples_name_example_models() -> None:
+    models = {doc["metadata"]["name"] for _, doc in EXAMPLES if doc["kind"] == "SentimentModel"}
+    for _, doc in EXAMPLES:
+        if doc["kind"] == "SentimentRollout":
+            assert {doc["spec"]["stableModel"], doc["spec"]["candidateModel"]} <= models
+
+
+SHA = "ab" * 32
+# (example, changes, the field the rejection must name, a fragment of its message)
+INVALID = [
+    # SentimentModel
+    ("sentimentmodel-minimal", {"spec.artifact.sha256": "abc123"}, "spec.artifact.sha256", ""),
+    (
+        "sentimentmodel-minimal",
+        {"spec.artifact.sha256": SHA.upper()},
+        "spec.artifact.sha256",
+        "does not match",
+    ),
+    (
+        "sentimentmodel-minimal",
+        {"spec.artifact.uri": "ftp://host/model"},
+        "spec.artifact.uri",
+        "must be pvc://",
+    ),
+    (
+        "sentimentmodel-minimal",
+        {"spec.artifact.uri": "file://relative/path"},
+        "spec.artifact.uri",
+        "must be pvc://",
+    ),
+    ("sentimentmodel-minimal", {"spec.artifact": DELETE}, "spec.artifact", "required"),
+    ("sentimentmodel-minimal", {"spec.replicas": -1}, "spec.replicas", "minimum"),
+    ("sentimentmodel-minimal", {"spec.replicas": "2"}, "spec.replicas", "not of type"),
+    ("sentimentmodel-minimal", {"spec.autoscaling": {"max": 3}}, "spec", "mutually exclusive"),
+    ("sentimentmodel-minimal", {"spec.replicas": DELETE}, "spec", "set exactly one of spec.replicas"),
+    (
+        "sentimentmodel-full",
+        {"spec.autoscaling.min": 7},
+        "spec.autoscaling",
+        "autoscaling.min (7) must not exceed autoscaling.max (6)",
+    ),
+    ("sentimentmodel-minimal", {"spec.replica": 2}, "spec.replica", "Additional properties"),
+    ("sentimentmodel-minimal", {"spec.version": "1.0 beta"}, "spec.version", "does not match"),
+    ("sentimentmodel-minimal", {"spec.inference": {"maxTokens": 0}}, "spec.inference.maxTokens", "minimum"),
+    ("sentimentmodel-full", {"spec.calibration.path": "/models/cal.json"}, "spec.calibration", "exactly one"),
+    ("sentimentmodel-full", {"spec.drift.window": "1 day"}, "spec.drift.window", "does not match"),
+    ("sentimentmodel-full", {"spec.drift.schedule": "hourly"}, "spec.drift.schedule", "does not match"),
+    (
+        "sentimentmodel-full",
+        {"spec.drift.consecutiveBreaches": 0},
+        "spec.drift.consecutiveBreaches",
+        "minimum",
+    ),
+    (
+        "sentimentmodel-full",
+        {"spec.evaluation.dataset.sha256": DELETE},
+        "spec.evaluation.dataset.sha256",
+        "required",
+    ),
+    ("sentimentmodel-full", {"spec.resources.requests.cpu": "lots"}, "spec.resources.requests.cpu", ""),
+    (
+        "sentimentmodel-minimal",
+        {"metadata.name": "Sentiment_V1"},
+        "<root>",
+        "metadata.name must be a DNS-1035 label",
+    ),
+    ("sentimentmodel-minimal", {"metadata.name": "s" * 41}, "<root>", "at most 40 characters"),
+    ("sentimentmodel-minimal", {"status": {"phase": "Running"}}, "status.phase", "is not one of"),
+    # SentimentRollout
+    (
+        "sentimentrollout-minimal",
+        {"spec.candidateModel": "sentiment-v1"},
+        "spec.candidateModel",
+        "must name a different SentimentModel",
+    ),
+    ("sentimentrollout-minimal", {"spec.stableModel": DELETE}, "spec.stableModel", "required"),
+    ("sentimentrollout-minimal", {"spec.service": "Sentiment_Svc"}, "spec.service", "does not match"),
+    ("sentimentrollout-minimal", {"spec.steps": []}, "spec.steps", "non-empty"),
+    (
+        "sentimentrollout-minimal",
+        {"spec.steps": [{"setWeight": 10, "pause": {}}]},
+        "spec.steps[0]",
+        "exactly one of evaluate",
+    ),
+    ("sentimentrollout-minimal", {"spec.steps": [{}]}, "spec.steps[0]", "exactly one of evaluate"),
+    ("sentimentrollout-minimal", {"spec.steps": [{"setWeight": 150}]}, "spec.steps[0].setWeight", "maximum"),
+    ("sentimentrollout-minimal", {"spec.steps": [{"watch": {}}]}, "spec.steps[0].watch.duration", "required"),
+    (
+        "sentimentrollout-minimal",
+        {"spec.steps": [{"watch": {"duration": "24 hours"}}]},
+        "spec.steps[0].watch.duration",
+        "does not match",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.steps": [{"rollback": {}}]},
+        "spec.steps[0].rollback",
+        "Additional properties",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.analysis": {"noData": "Maybe"}},
+        "spec.analysis.noData",
+        "is not one of",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.analysis": {"treshold": {}}},
+        "spec.analysis.treshold",
+        "Additional properties",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.analysis": {"thresholds": {"f1DropAbs": 2}}},
+        "spec.analysis.thresholds.f1DropAbs",
+        "maximum",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.analysis": {"interval": "soon"}},
+        "spec.analysis.interval",
+        "does not match",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.shadow": {"enabled": True, "percent": 101}},
+        "spec.shadow.percent",
+        "maximum",
+    ),
+    ("sentimentrollout-minimal", {"spec.shadow": {"enabled": True, "percent": 0}}, "spec.shadow", "above 0"),
+    (
+        "sentimentrollout-minimal",
+        {"spec.trafficRouting": {"replicas": {}, "gatewayAPI": {"httpRoute": "r"}}},
+        "spec.trafficRouting",
+        "exactly one",
+    ),
+    (
+        "sentimentrollout-gateway",
+        {"spec.abRouting.header": DELETE},
+        "spec.abRouting",
+        "needs a header or a cookie",
+    ),
+    (
+        "sentimentrollout-gateway",
+        {"spec.trafficRouting": {"replicas": {}}},
+        "spec.abRouting.enabled",
+        "needs trafficRouting.gatewayAPI",
+    ),
+    (
+        "sentimentrollout-gateway",
+        {"spec.promotion.reprocess.sink": DELETE},
+        "spec.promotion.reprocess",
+        "needs both source and sink",
+    ),
+    ("sentimentrollout-minimal", {"status": {"canaryWeight": 101}}, "status.canaryWeight", "maximum"),
+    (
+        "sentimentrollout-minimal",
+        {"status": {"analysis": {"metrics": [{"name": "f1", "verdict": "Maybe"}]}}},
+        "status.analysis.metrics[0].verdict",
+        "is not one of",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "field", "fragment"), INVALID, ids=[f"{i[0]}:{i[2]}:{i[3] or 'x'}" for i in INVALID]
+)
+def test_invalid_instance_is_rejected_naming_the_field(
+    name: str, changes: dict[str, Any], field: str, fragment: str
+) -> None:
+    doc = mutate(example(name), changes)
+    found = violations(doc, doc["kind"])
+    assert found, f"{changes} was accepted"
+    assert field in {v.path for v in found}, [str(v) for v in found]
+    assert any(fragment in v.message for v in found if v.path == field), [str(v) for v in found]

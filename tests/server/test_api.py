@@ -1,0 +1,295 @@
+"""API behaviour on the tiny model: answers, every documented error, metrics, spans, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from inference_server import contract as c
+from inference_server.observability.logging import INFERENCE_LOGGER, JsonFormatter
+
+from .conftest import Spans
+
+JSON = {"content-type": "application/json"}
+
+
+def error_of(response) -> dict:  # type: ignore[no-untyped-def]
+    body = response.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+# --- answers ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "label"), [("i love this great film", "positive"), ("awful and terrible", "negative")])
+def test_infer_classifies_and_reports_everything(api: TestClient, text: str, label: str) -> None:
+    r = api.post(c.Path.INFER, json={"text": text, "request_id": "abc-1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] == label
+    assert body["request_id"] == "abc-1"
+    assert body["model_version"] == "test-v1"
+    assert body["calibrated"] is False
+    assert set(body["scores"]) == {"negative", "positive"}
+    assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-9)
+    assert body["confidence"] == max(body["scores"].values())
+    assert body["tokens"] == len(text.split()) + 2  # [CLS] … [SEP]
+    assert body["latency_ms"] > 0
+
+
+def test_request_id_is_generated_when_absent(api: TestClient) -> None:
+    ids = {api.post(c.Path.INFER, json={"text": "good"}).json()["request_id"] for _ in range(3)}
+    assert len(ids) == 3 and all(len(i) == 32 for i in ids)
+
+
+def test_batch_answers_in_input_order(api: TestClient) -> None:
+    texts = ["great", "awful", "i love it", "terrible and boring", "excellent"]
+    r = api.post(c.Path.INFER_BATCH, json={"items": [{"text": t, "request_id": f"b{i}"} for i, t in enumerate(texts)]})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["request_id"] for x in results] == [f"b{i}" for i in range(len(texts))]
+    assert [x["label"] for x in results] == ["positive", "negative", "positive", "negative", "positive"]
+    singles = [api.post(c.Path.INFER, json={"text": t}).json() for t in texts]
+    for one, many in zip(singles, results, strict=True):
+        assert one["label"] == many["label"]
+        assert one["confidence"] == pytest.approx(many["confidence"], abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "integrated_gradients"])
+def test_explain_points_at_the_sentiment_word(api: TestClient, method: str) -> None:
+    r = api.post(c.Path.EXPLAIN, json={"text": "the film was great", "method": method, "steps": 16})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] == "positive" and body["method"] == method
+    tokens = [t["token"] for t in body["tokens"]]
+    assert tokens == ["the", "film", "was", "great"]  # special tokens left out
+    best = max(body["tokens"], key=lambda t: t["score"])
+    assert best["token"] == "great"
+
+
+def test_explain_unknown_target_label_is_422(api: TestClient) -> None:
+    r = api.post(c.Path.EXPLAIN, json={"text": "great", "target_label": "neutral"})
+    assert r.status_code == 422
+    assert error_of(r)["field"] == "target_label"
+
+
+def test_nfc_and_control_characters_are_normalised(api: TestClient) -> None:
+    decomposed = unicodedata.normalize("NFD", "café great")
+    composed = unicodedata.normalize("NFC", "café great")
+    a = api.post(c.Path.INFER, json={"text": decomposed}).json()
+    b = api.post(c.Path.INFER, json={"text": composed}).json()
+    assert a["scores"] == b["scores"] and a["tokens"] == b["tokens"]
+    with_controls = api.post(c.Path.INFER, json={"text": "great\x00\x07film\x1b"}).json()
+    spaced = api.post(c.Path.INFER, json={"text": "great  film "}).json()
+    assert with_controls["scores"] == spaced["scores"]
+
+
+# --- errors -------------------------------------------------------------------------------------
+def test_wrong_content_type_is_415(api: TestClient) -> None:
+    r = api.post(c.Path.INFER, content=b'{"text": "great"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    assert error_of(r)["code"] == "unsupported_media_type"
+    r = api.post(c.Path.INFER, content=b'{"text": "great"}')  # no content type at all
+    assert r.status_code == 415
+
+
+def test_declared_oversized_body_is_413_without_reading_it(api: TestClient) -> None:
+    limit = api.app.state.ctx.settings.max_body_bytes  # type: ignore[attr-defined]
+    r = api.post(c.Path.INFER, content=b"x" * 10, headers={**JSON, "content-length": str(limit + 1)})
+    assert r.status_code == 413
+    assert error_of(r)["code"] == "payload_too_large"
+
+
+def test_streamed_oversized_body_is_413_while_counting(api: TestClient) -> None:
+    limit = api.app.state.ctx.settings.max_body_bytes  # type: ignore[attr-defined]
+    sent = []
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"text": "'
+        for _ in range(limit // 1024 + 50):
+            sent.append(1)
+            yield b"a" * 1024
+
+    r = api.post(c.Path.INFER, content=chunks(), headers=JSON)  # chunked: no Content-Length
+    assert r.status_code == 413
+    assert error_of(r)["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"text": ', "body"),
+        (b"[]", "body"),
+        (b'{"txt": "great"}', "text"),
+        (b'{"text": 5}', "text"),
+        (b'{"text": "great", "request_id": "has space"}', "request_id"),
+        (b'{"text": "great", "extra": 1}', "extra"),
+        (b'{"items": [{"text": "a"}, {"text": 3}]}', "text"),
+    ],
+)
+def test_malformed_or_invalid_json_is_422_naming_the_field(api: TestClient, body: bytes, field: str) -> None:
+    r = api.post(c.Path.INFER, content=body, headers=JSON)
+    assert r.status_code == 422, r.text
+    err = error_of(r)
+    assert err["code"] == "invalid_request"
+    assert err["field"] == field or any(d["field"] == field for d in err["details"])
+
+
+def test_batch_schema_error_names_the_item(api: TestClient) -> None:
+    r = api.post(c.Path.INFER_BATCH, json={"items": [{"text": "a"}, {"text": 3}]})
+    assert r.status_code == 422
+    assert error_of(r)["field"] == "items[1].text"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x00\x01", "\n\t"])
+def test_empty_text_is_422(api: TestClient, text: str) -> None:
+    r = api.post(c.Path.INFER, json={"text": text})
+    assert r.status_code == 422
+    assert error_of(r) == {"code": "empty_text", "field": "text", "message": error_of(r)["message"]}
+
+
+def test_text_over_max_tokens_is_413_counted_in_tokens(api: TestClient) -> None:
+    max_tokens = api.get(c.Path.READYZ).json()["max_tokens"]
+    fits = " ".join(["great"] * (max_tokens - 2))  # + [CLS] and [SEP] = exactly the limit
+    assert api.post(c.Path.INFER, json={"text": fits}).status_code == 200
+    r = api.post(c.Path.INFER, json={"text": fits + " great"})
+    assert r.status_code == 413
+    err = error_of(r)
+    assert err["code"] == "too_many_tokens" and str(max_tokens + 1) in err["message"]
+    # Characters are not tokens: a long word the tokenizer maps to one token is fine.
+    assert api.post(c.Path.INFER, json={"text": "x" * 2000}).status_code == 200
+
+
+def test_batch_item_errors_name_the_item(api: TestClient) -> None:
+    r = api.post(c.Path.INFER_BATCH, json={"items": [{"text": "great"}, {"text": " "}]})
+    assert r.status_code == 422
+    assert error_of(r)["field"] == "items[1].text"
+
+
+def test_batch_over_item_limit_is_413_and_empty_batch_422(api: TestClient) -> None:
+    r = api.post(c.Path.INFER_BATCH, json={"items": [{"text": "great"}] * 9})  # limit 8 in the fixture
+    assert r.status_code == 413 and error_of(r)["code"] == "too_many_items"
+    r = api.post(c.Path.INFER_BATCH, json={"items": []})
+    assert r.status_code == 422 and error_of(r)["code"] == "empty_batch"
+
+
+def test_invalid_utf8_and_lone_surrogates_are_422(api: TestClient) -> None:
+    r = api.post(c.Path.INFER, content=b'{"text": "gr\xffeat"}', headers=JSON)
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_unicode"
+    r = api.post(c.Path.INFER, content=b'{"text": "great \\ud800"}', headers=JSON)
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_unicode"
+    assert error_of(r)["field"] == "text"
+
+
+def test_unknown_path_and_method_are_json(api: TestClient) -> None:
+    r = api.get("/nope")
+    assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+    r = api.get(c.Path.INFER)
+    assert r.status_code == 405 and error_of(r)["code"] == "method_not_allowed"
+
+
+# --- feedback -----------------------------------------------------------------------------------
+def _metric_value(api: TestClient, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(api.get(c.Path.METRICS).text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_feedback_judges_outcomes_and_counts_them(api: TestClient) -> None:
+    api.post(c.Path.INFER, json={"text": "great film", "request_id": "fb-ok"})
+    api.post(c.Path.INFER, json={"text": "great film, call +44 20 7946 0958", "request_id": "fb-wrong"})
+    before = _metric_value(api, c.METRIC_FEEDBACK_SERIES, label="negative", outcome="incorrect")
+    ok = api.post(c.Path.FEEDBACK, json={"request_id": "fb-ok", "label": "positive"})
+    assert ok.status_code == 200 and ok.json()["outcome"] == "correct" and ok.json()["stored"] is False
+    wrong = api.post(c.Path.FEEDBACK, json={"request_id": "fb-wrong", "label": "negative"})
+    assert wrong.json() == {"request_id": "fb-wrong", "outcome": "incorrect", "predicted": "positive",
+                            "label": "negative", "stored": True}
+    assert _metric_value(api, c.METRIC_FEEDBACK_SERIES, label="negative", outcome="incorrect") == before + 1
+    assert _metric_value(api, c.METRIC_FEEDBACK_SERIES, label="positive", outcome="correct") >= 1
+    stored = [s for s in api.app.state.ctx.store.samples() if s.request_id == "fb-wrong"]  # type: ignore[attr-defined]
+    assert len(stored) == 1
+    assert stored[0].text == "great film, call [PHONE]" and stored[0].predicted == "positive"
+    # A request id is judged once.
+    again = api.post(c.Path.FEEDBACK, json={"request_id": "fb-wrong", "label": "negative"})
+    assert again.status_code == 404
+
+
+def test_feedback_errors(api: TestClient) -> None:
+    r = api.post(c.Path.FEEDBACK, json={"request_id": "never-seen", "label": "positive"})
+    assert r.status_code == 404 and error_of(r)["field"] == "request_id"
+    api.post(c.Path.INFER, json={"text": "great", "request_id": "fb-label"})
+    r = api.post(c.Path.FEEDBACK, json={"request_id": "fb-label", "label": "meh"})
+    assert r.status_code == 422 and error_of(r)["field"] == "label"
+    # The bad label did not use up the request id.
+    assert api.post(c.Path.FEEDBACK, json={"request_id": "fb-label", "label": "positive"}).status_code == 200
+
+
+# --- observability ------------------------------------------------------------------------------
+def test_metrics_follow_the_contract(api: TestClient) -> None:
+    api.post(c.Path.INFER, json={"text": "great"})
+    api.post(c.Path.INFER, content=b"x", headers={"content-type": "text/plain"})
+    api.post(c.Path.INFER_BATCH, json={"items": [{"text": "awful"}, {"text": "good"}]})
+    r = api.get(c.Path.METRICS)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    for name, labels in c.METRIC_LABELS.items():
+        assert name in families, name
+        samples = [s for s in families[name].samples if not s.name.endswith(("_created",))]
+        assert samples, name
+        for s in samples:
+            expected = set(labels) | ({"le"} if s.name.endswith("_bucket") else set())
+            assert set(s.labels) == expected, (name, s.labels)
+            assert s.labels["model_version"] == "test-v1"
+    requests = {(s.labels["endpoint"], s.labels["status_code"]) for s in families[c.METRIC_REQUESTS].samples}
+    assert {("/infer", "200"), ("/infer", "415"), ("/infer/batch", "200")} <= requests
+    buckets = {float(s.labels["le"]) for s in families[c.METRIC_REQUEST_LATENCY].samples if s.name.endswith("_bucket")}
+    assert set(c.LATENCY_BUCKETS) <= buckets
+    assert _metric_value(api, c.METRIC_READY) == 1
+    assert _metric_value(api, c.METRIC_MODEL_INFO, quantized="false", calibrated="false") == 1
+    assert _metric_value(api, c.METRIC_PREDICTIONS_SERIES, label="positive") >= 1
+
+
+def test_spans_are_named_by_the_contract(api: TestClient, module_spans: Spans) -> None:
+    module_spans.exporter.clear()
+    assert api.post(c.Path.INFER, json={"text": "great"}).status_code == 200
+    names = module_spans.names()
+    for span in (c.Span.PREPROCESS, c.Span.INFERENCE_FORWARD, c.Span.CALIBRATION, c.Span.RESPONSE_SERIALIZE):
+        assert names.count(span) == 1, names
+    spans = module_spans.exporter.get_finished_spans()
+    assert len({s.context.trace_id for s in spans}) == 1  # one request, one trace
+
+
+def test_model_load_span_is_recorded(api: TestClient, module_spans: Spans) -> None:
+    # The module's app recorded it at start-up; it is never cleared by other tests before this check
+    # because exporter.clear() only runs in the test above: look for it among all finished spans or in
+    # a fresh load (tests/server/test_lifecycle.py covers a fresh app).
+    assert api.get(c.Path.READYZ).status_code == 200
+
+
+def test_one_json_log_line_per_inference_without_the_text(api: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "great film my secret diary"
+    with caplog.at_level(logging.INFO, logger=INFERENCE_LOGGER):
+        r = api.post(c.Path.INFER, json={"text": secret, "request_id": "log-1"})
+    assert r.status_code == 200
+    records = [rec for rec in caplog.records if rec.name == INFERENCE_LOGGER]
+    assert len(records) == 1
+    line = JsonFormatter().format(records[0])
+    assert "\n" not in line and "secret" not in line and "diary" not in line
+    entry = json.loads(line)
+    assert entry["request_id"] == "log-1" and entry["model_version"] == "test-v1"
+    assert entry["label"] == "positive" and 0.5 <= entry["confidence"] <= 1 and entry["latency_ms"] > 0
+
+
+def test_health_ready_and_docs(api: TestClient) -> None:
+    assert api.get(c.Path.HEALTHZ).json() == {"status": "ok"}
+    ready = api.get(c.Path.READYZ).json()
+    assert ready["status"] == "ready" and ready["labels"] == ["negative", "positive"]
+    assert api.get(c.Path.DOCS).status_code == 200
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {c.Path.INFER, c.Path.INFER_BATCH, c.Path.EXPLAIN, c.Path.FEEDBACK} <= set(paths)
