@@ -155,5 +155,10 @@ def create_app(
 
     # Added last = outermost: metrics see every response, including the guard's 413/415/429.
     app.add_middleware(RequestGuard, policies=_policies(settings, state))
-    app.add_middleware(RequestMetrics, observe=server_metrics.observe_request, in_flight=in_flight)
+    app.add_middleware(
+        RequestMetrics,
+        observe=server_metrics.observe_request,
+        in_flight=in_flight,
+        tracer=ctx.tracer if provider is not None else None,
+    )
     return app

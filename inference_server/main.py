@@ -9,12 +9,9 @@ that must not be served (sha256 mismatch, unloadable) exits 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from types import FrameType
+from collections.abc import Sequence
+from typing import Any
 
 from inference_server.contract import Env
 
@@ -42,58 +39,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sentiment-server: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
-    import uvicorn
-
     from inference_server.app import create_app
     from inference_server.observability.logging import configure_logging
-    from inference_server.serving.lifecycle import Phase
+    from inference_server.serving.drain import build_server
 
     configure_logging(settings.log_level)
     refused: list[str] = []
-    server: uvicorn.Server | None = None
+    holder: list[Any] = []
 
     def on_fatal(message: str) -> None:
         refused.append(message)
-        if server is not None:
+        for server in holder:
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
-    state = app.state.ctx.state
-    metrics = app.state.ctx.metrics
-
-    class _Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            # Turn unready before anything else, so load balancers stop sending new work while the
-            # requests in flight finish.
-            if state.phase is not Phase.FAILED:
-                state.phase = Phase.DRAINING
-            metrics.set_ready(False)
-            super().handle_exit(sig, frame)
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises a captured SIGTERM after its graceful shutdown, so the process ends
-            # "killed by signal 15"; a completed drain is a clean exit, so we exit 0 instead.
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
-        lifespan="on",
-    )
-    server = _Server(config)
+    server = build_server(settings, app)
+    holder.append(server)
     server.run()
     if refused:
         print(f"sentiment-server: refusing to serve: {refused[0]}", file=sys.stderr)

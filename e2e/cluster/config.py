@@ -165,6 +165,9 @@ def apiserver(b: Binaries, layout: Layout, ports: Ports, pki_files: dict[str, Pa
             f"--etcd-servers={_loopback(ports.etcd_client)}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # Endpoints may not point at loopback: the `kubernetes` Service gets none (pods reach the
+            # API server through KUBERNETES_SERVICE_HOST=127.0.0.1, set by the pod runner).
+            "--endpoint-reconciler-type=none",
             f"--secure-port={ports.apiserver}",
             f"--cert-dir={layout.pki}",
             f"--tls-cert-file={pki_files['serving_cert']}",
@@ -331,7 +334,8 @@ def kwok_configuration(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     options = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokConfiguration",
-        "options": {"nodeLeaseDurationSeconds": 40},
+        # Set explicitly: kwok's defaulting leaves the parallelisms at 0 for a config file.
+        "options": {"nodeLeaseDurationSeconds": 40, "nodeLeaseParallelism": 2, "nodePlayStageParallelism": 2},
     }
     return [options, *stages]
 

@@ -210,7 +210,11 @@ class _Starter:
 
     def spawn(self, spec: ProcessSpec) -> subprocess.Popen[bytes]:
         proc, record = processes.spawn(
-            spec, root=self.layout.root, log=self.layout.log(spec.name), die_with_parent=self.die_with_parent
+            spec,
+            root=self.layout.root,
+            log=self.layout.log(spec.name),
+            die_with_parent=self.die_with_parent,
+            pythonpath=REPO,
         )
         self.children.append(proc)
         self.state["processes"].append(record.to_json())

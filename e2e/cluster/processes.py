@@ -91,10 +91,14 @@ def _die_with_parent() -> None:
 
 
 def spawn(
-    spec: ProcessSpec, *, root: Path, log: Path, die_with_parent: bool
+    spec: ProcessSpec, *, root: Path, log: Path, die_with_parent: bool, pythonpath: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], Record]:
+    """Start `spec` in `root` (its cwd) with its own session and log; `pythonpath` goes first on
+    PYTHONPATH, so `python -m e2e....` finds this repository from any working directory."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, STATE_ENV: str(root)}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p)
     with log.open("ab") as out:
         try:
             proc = subprocess.Popen(
@@ -214,22 +218,25 @@ def _reap(children: Iterable[subprocess.Popen[bytes]]) -> None:
                 proc.wait(timeout=0.1)
 
 
+# Reverse dependency order: the pod runner stops its pods while the API server still answers, the
+# API server drains before etcd goes (the other way round it hangs on storage until killed).
+STOP_ORDER: tuple[tuple[str, ...], ...] = (("podrunner",), (), ("kube-apiserver",), ("etcd",))
+
+
 def stop(
     records: list[Record],
     root: Path,
     *,
-    first: tuple[str, ...] = ("podrunner",),
     grace_s: float = 15.0,
     children: Iterable[subprocess.Popen[bytes]] = (),
 ) -> list[str]:
-    """Stop every recorded process (those named in `first` before the rest, so the pod runner can
-    stop its pods while the API server still answers) and any straggler carrying the marker.
-    Returns one line per process that needed SIGKILL."""
+    """Stop every recorded process, batch by batch in STOP_ORDER (`()` stands for all not named),
+    then any straggler carrying the marker. Returns one line per process that needed SIGKILL."""
     children = list(children)
     forced: list[str] = []
-    early = [r for r in records if r.name in first]
-    rest = [r for r in records if r.name not in first]
-    for batch in (early, rest):
+    named = {name for batch in STOP_ORDER for name in batch}
+    for names in STOP_ORDER:
+        batch = [r for r in records if (r.name in names if names else r.name not in named)]
         for record in batch:
             _signal_group(record, signal.SIGTERM)
         _reap(children)

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call drowns the lifecycle
     if not Path(args.kubeconfig).is_file():
         print(
             f"podrunner: kubeconfig {args.kubeconfig} does not exist; start the control plane first",

@@ -41,9 +41,12 @@ def load_endpoint(kubeconfig: str) -> Endpoint:
 
     configuration = client.Configuration()
     config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-    headers: dict[str, str] = {}
-    if configuration.api_key.get("authorization"):
-        headers["Authorization"] = configuration.api_key["authorization"]
+    # Bearer tokens (static or from an exec plugin) appear among the client's auth settings.
+    headers = {
+        setting["key"].title(): str(setting["value"])
+        for setting in configuration.auth_settings().values()
+        if setting.get("in") == "header" and setting.get("value")
+    }
     verify: ssl.SSLContext | bool
     if configuration.host.startswith("https"):
         if configuration.verify_ssl:

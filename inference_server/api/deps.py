@@ -52,8 +52,10 @@ def not_ready_error(state: ServerState) -> ApiError:
 
 
 def ready_engine(ctx: Ctx) -> InferenceEngine:
+    """The engine, once warmed. While draining it still serves: a request already accepted finishes (the
+    batcher itself refuses work, with 503 ``draining``, only once the lifespan has stopped it)."""
     state = ctx.state
-    if state.phase is not Phase.READY or state.engine is None:
+    if state.engine is None or state.phase not in (Phase.READY, Phase.DRAINING):
         raise not_ready_error(state)
     return state.engine
 

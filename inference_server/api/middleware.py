@@ -1,10 +1,15 @@
-"""Request metrics as raw ASGI middleware: count and time every request, including the ones that the
-guard rejects (429/413/415) and the ones that fail, labelled by a bounded set of endpoint names."""
+"""Request metrics (and the request's server span) as raw ASGI middleware.
+
+Counts and times every request, including the ones that the guard rejects (429/413/415) and the ones
+that fail, labelled by a bounded set of endpoint names. When tracing is on, each request gets a SERVER
+span (continuing a W3C ``traceparent`` from the caller) that parents the contract's spans.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,11 +25,17 @@ def endpoint_label(path: str) -> str:
 
 class RequestMetrics:
     def __init__(
-        self, app: ASGIApp, *, observe: Callable[[str, int, float], None], in_flight: Callable[[int], None]
+        self,
+        app: ASGIApp,
+        *,
+        observe: Callable[[str, int, float], None],
+        in_flight: Callable[[int], None],
+        tracer: Any = None,
     ) -> None:
         self.app = app
         self.observe = observe
         self.in_flight = in_flight
+        self.tracer = tracer  # None: tracing off, no server span
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,7 +53,21 @@ class RequestMetrics:
 
         self.in_flight(1)
         try:
-            await self.app(scope, receive, send_wrapper)
+            if self.tracer is None:
+                await self.app(scope, receive, send_wrapper)
+            else:
+                await self._traced(scope, receive, send_wrapper)
         finally:
             self.in_flight(-1)
             self.observe(endpoint_label(scope["path"]), status, time.perf_counter() - start)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from opentelemetry.propagate import extract
+        from opentelemetry.trace import SpanKind
+
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        name = f"{scope['method']} {endpoint_label(scope['path'])}"
+        with self.tracer.start_as_current_span(name, context=extract(carrier), kind=SpanKind.SERVER) as span:
+            span.set_attribute("http.request.method", scope["method"])
+            span.set_attribute("url.path", scope["path"])
+            await self.app(scope, receive, send)

@@ -164,8 +164,8 @@ def evaluate(
             }
             per_slice[sl] = stats
             for metric in GAP_METRICS:
-                hi = max(groups, key=lambda g, m=metric: stats[g][m])
-                lo = min(groups, key=lambda g, m=metric: stats[g][m])
+                ordered = sorted(groups, key=lambda g: stats[g][metric])
+                lo, hi = ordered[0], ordered[-1]
                 gaps.append(
                     {
                         "slice": sl,

@@ -42,7 +42,9 @@ def check_fit_data(y: npt.ArrayLike, n_classes: int, *, min_rows: int = MIN_ROWS
     """A temperature fitted on one class (or a handful of rows) just learns "be confident": refuse."""
     t = np.asarray(y, dtype=np.int64)
     if t.size < min_rows:
-        raise CalibrationDataError(f"{where} has {t.size} rows; need at least {min_rows} to fit a temperature")
+        raise CalibrationDataError(
+            f"{where} has {t.size} rows; need at least {min_rows} to fit a temperature"
+        )
     counts = np.bincount(t, minlength=n_classes)
     thin = [i for i, c in enumerate(counts) if c < min_per_class]
     if thin:
@@ -94,7 +96,8 @@ def fit(
         temperature=temperature, fitted_on=f"{ref.name}/{ref.split}@sha256:{ref.sha256}",
         metrics={k: fitted[k] for k in ("ece_before", "ece_after", "nll_before", "nll_after")},
     )
-    report: dict[str, Any] = {"temperature": temperature, "bounds": list(T_BOUNDS), "ece_bins": M.DEFAULT_ECE_BINS,
+    report: dict[str, Any] = {"temperature": temperature, "bounds": list(T_BOUNDS),
+                              "ece_bins": M.DEFAULT_ECE_BINS,
                               "fitted_on": {"dataset": ref.to_dict(), **fitted}}
     if held_out is not None:
         h_logits, h_y, h_ref = held_out
@@ -171,5 +174,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, sort_keys=True))
     f = report["fitted_on"]
     print(f"temperature={params.temperature:.4f} ECE {f['ece_before']:.4f} -> {f['ece_after']:.4f} "
-          f"({f['ece_reduction']:.0%} lower), NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f}", file=sys.stderr)
+          f"({f['ece_reduction']:.0%} lower), NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f}",
+          file=sys.stderr)
     return EXIT_OK

@@ -60,8 +60,8 @@ def _dataset_check(candidate: dict[str, Any], baseline: dict[str, Any]) -> Check
                      c.get("sha256"), b.get("sha256"))
     if c_id != b_id:
         return Check("same_dataset", False,
-                     f"evaluated on different data: candidate {c_id[0]}/{c_id[1]} sha256 {str(c_id[2])[:12]}…, "
-                     f"baseline {b_id[0]}/{b_id[1]} sha256 {str(b_id[2])[:12]}…",
+                     f"evaluated on different data: candidate {c_id[0]}/{c_id[1]} "
+                     f"sha256 {str(c_id[2])[:12]}…, baseline {b_id[0]}/{b_id[1]} sha256 {str(b_id[2])[:12]}…",
                      c.get("sha256"), b.get("sha256"))
     return Check("same_dataset", True, f"both on {c_id[0]}/{c_id[1]} sha256 {str(c_id[2])[:12]}…",
                  c.get("sha256"), b.get("sha256"))

@@ -380,8 +380,8 @@ def ensure_datasets(root: Path, names: Sequence[str] = tuple(BUILTIN), *, seed: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="dataset root (default: $SENTIMENT_CACHE/datasets)")
-    parser.add_argument("--name", action="append", choices=sorted(BUILTIN), default=None,
-                        help="build only this dataset (repeatable; default: all)")
+    parser.add_argument("--name", action="append", default=None,
+                        help=f"only this dataset (repeatable; default: {', '.join(BUILTIN)})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split seed (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even when present and intact")
     parser.add_argument("--verify", action="store_true",

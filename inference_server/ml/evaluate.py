@@ -185,11 +185,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model directory (MODEL_PATH)")
     parser.add_argument("--version", default=None, help="model version to record (default: directory name)")
     parser.add_argument("--model-sha256", default=None, help="refuse the model unless it has this sha256")
-    parser.add_argument("--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="dataset root (default: $SENTIMENT_CACHE/datasets)")
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
     parser.add_argument("--calibration", type=Path, default=None,
-                        help="calibration params JSON (as CALIBRATION_PARAMS_PATH); report calibrated figures")
+                        help="calibration params JSON (as CALIBRATION_PARAMS_PATH): calibrated figures")
     parser.add_argument("--quantized", action="store_true", help="evaluate the dynamic INT8 copy")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--output", type=Path, default=None, help="write metrics.json here (default: stdout)")

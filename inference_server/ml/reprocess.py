@@ -274,6 +274,8 @@ class JsonlSink:
 
     def open(self, identity: dict[str, Any]) -> Checkpoint:
         self._identity = identity
+        for stale in self.checkpoint_path.parent.glob(f".{self.checkpoint_path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a checkpoint write that a kill interrupted
         if self.checkpoint_path.exists():
             try:
                 data = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))

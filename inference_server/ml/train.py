@@ -139,7 +139,8 @@ Binary sentiment classifier (labels: {", ".join(metrics["labels"])}) fine-tuned 
 - Dataset `{config.dataset}` (sha256 `{datasets_info["sha256"]}`), built by `sentiment-ml datasets`
   from {src["package"]} {src["version"]} `{src["file"]}`; seeded split (seed {datasets_info["split_seed"]}).
 - Trained on the train split ({datasets_info["train_rows"]} rows, sha256 `{datasets_info["train_sha256"]}`).
-- Evaluated on the held-out test split ({metrics["dataset"]["rows"]} rows, sha256 `{metrics["dataset"]["sha256"]}`).
+- Evaluated on the held-out test split ({metrics["dataset"]["rows"]} rows,
+  sha256 `{metrics["dataset"]["sha256"]}`).
 - English film-review snippets: expect lower accuracy on other domains (tweets, product reviews).
 
 ## Metrics (test split, uncalibrated)
@@ -320,11 +321,13 @@ def train_model(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--output", type=Path, required=True, help="new model directory (must be empty)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="dataset root (default: $SENTIMENT_CACHE/datasets)")
     parser.add_argument("--dataset", default=d.dataset)
     parser.add_argument("--encoder", type=Path, default=None,
                         help="Hugging Face encoder directory (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--version", default=None, help="model version recorded in the card (default: output name)")
+    parser.add_argument("--version", default=None,
+                        help="model version recorded in the card (default: the output directory's name)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -21,6 +21,7 @@ def quantize_dynamic_int8(model: Any) -> Any:
         # (tests/server/test_quantization.py), so the warning would only be noise in every start-up log.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated")
         from torch.ao.quantization import quantize_dynamic
 
         quantized = quantize_dynamic(

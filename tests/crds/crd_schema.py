@@ -173,8 +173,14 @@ def structural_problems(schema: Schema) -> list[str]:
         if "not" in node:
             problems += _value_validation_problems(where, "not", node, node["not"])
         problems += _list_map_problems(where, node)
-    if schema.get("properties", {}).get("metadata", {}).keys() - {"type"}:
-        problems.append("metadata: only `type: object` may be given at the root")
+    metadata = schema.get("properties", {}).get("metadata", {})
+    if metadata.keys() - {"type", "properties"} or metadata.get("properties", {}).keys() - {
+        "name",
+        "generateName",
+    }:
+        problems.append(
+            "metadata: at the root only `type: object` and limits on name/generateName may be given"
+        )
     return problems
 
 
@@ -256,22 +262,28 @@ def _default_in_place(value: Any, schema: Schema) -> None:
 
 
 # --- validation ---------------------------------------------------------------------------------
-def to_jsonschema(schema: Schema) -> Schema:
+def to_jsonschema(schema: Schema, *, root: bool = True) -> Schema:
     """The Kubernetes dialect translated into Draft-4 JSON Schema, minimally.
 
     Unknown fields: the API server prunes them, or with strict field validation (kubectl's
-    default, `fieldValidation=Strict`) rejects them; here they are rejected. Kubernetes
-    extensions are unknown keywords to jsonschema and so ignored; CEL rules are checked apart.
+    default, `fieldValidation=Strict`) rejects them; here they are rejected, except in the root's
+    metadata (ObjectMeta, validated by the server itself). Kubernetes extensions are unknown
+    keywords to jsonschema and so ignored; CEL rules are checked apart.
     """
     out = {key: value for key, value in schema.items() if key != "x-kubernetes-validations"}
-    if "properties" in out:
-        out["properties"] = {name: to_jsonschema(prop) for name, prop in out["properties"].items()}
-        if not schema.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
+    properties = out.get("properties", {})
+    out["properties"] = {
+        name: prop if (root and name == "metadata") else to_jsonschema(prop, root=False)
+        for name, prop in properties.items()
+    }
     if isinstance(out.get("items"), dict):
-        out["items"] = to_jsonschema(out["items"])
+        out["items"] = to_jsonschema(out["items"], root=False)
     if isinstance(out.get("additionalProperties"), dict):
-        out["additionalProperties"] = to_jsonschema(out["additionalProperties"])
+        out["additionalProperties"] = to_jsonschema(out["additionalProperties"], root=False)
+    elif out.get("type") == "object" and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    if not properties:
+        del out["properties"]
     return out
 
 

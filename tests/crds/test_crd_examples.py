@@ -85,8 +85,8 @@ INVALID = [
     (
         "sentimentmodel-full",
         {"spec.autoscaling.min": 7},
-        "spec.autoscaling",
-        "autoscaling.min (7) must not exceed autoscaling.max (6)",
+        "spec.autoscaling.min",
+        "autoscaling.min must not exceed autoscaling.max",
     ),
     ("sentimentmodel-minimal", {"spec.replica": 2}, "spec.replica", "Additional properties"),
     ("sentimentmodel-minimal", {"spec.version": "1.0 beta"}, "spec.version", "does not match"),
@@ -110,10 +110,10 @@ INVALID = [
     (
         "sentimentmodel-minimal",
         {"metadata.name": "Sentiment_V1"},
-        "<root>",
+        "metadata.name",
         "metadata.name must be a DNS-1035 label",
     ),
-    ("sentimentmodel-minimal", {"metadata.name": "s" * 41}, "<root>", "at most 40 characters"),
+    ("sentimentmodel-minimal", {"metadata.name": "s" * 41}, "metadata.name", "at most 40 characters"),
     ("sentimentmodel-minimal", {"status": {"phase": "Running"}}, "status.phase", "is not one of"),
     # SentimentRollout
     (
@@ -200,6 +200,12 @@ INVALID = [
         {"spec.promotion.reprocess.sink": DELETE},
         "spec.promotion.reprocess",
         "needs both source and sink",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.trafficRouting": {"replicas": {"weights": [1]}}},
+        "spec.trafficRouting.replicas.weights",
+        "Additional properties",
     ),
     ("sentimentrollout-minimal", {"status": {"canaryWeight": 101}}, "status.canaryWeight", "maximum"),
     (

@@ -1,0 +1,166 @@
+"""bias-audit: the curated dataset, the per-group evaluation and verdict, the command on a real model."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference_server.ml import bias_audit as B
+from inference_server.ml.cli import main as cli
+
+ATTRIBUTES = ("gender", "race_ethnicity", "religion", "age", "nationality", "disability")
+
+
+# --- the curated dataset --------------------------------------------------------------------------------
+def test_curated_dataset_covers_every_attribute_with_balanced_groups() -> None:
+    rows, sha = B.load_dataset()
+    assert len(sha) == 64 and len(rows) >= 1000
+    assert tuple(dict.fromkeys(r.attribute for r in rows)) == ATTRIBUTES
+    assert len({r.id for r in rows}) == len(rows)
+    assert set(r.polarity for r in rows) == set(B.POLARITIES)
+    for attribute in ATTRIBUTES:
+        per_group = Counter(r.group for r in rows if r.attribute == attribute)
+        assert len(per_group) >= 3 and len(set(per_group.values())) == 1, (attribute, per_group)
+        polarity = Counter((r.group, r.polarity) for r in rows if r.attribute == attribute)
+        assert len(set(polarity.values())) == 1
+
+
+def test_sibling_sentences_differ_only_in_the_identity_term() -> None:
+    rows, _ = B.load_dataset()
+    by_template: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        assert r.term.lower() in r.text.lower() and "{person}" not in r.text
+        assert r.text[0].isupper()
+        by_template.setdefault((r.attribute, r.template), set()).add(
+            r.text.lower().replace(r.term.lower(), "<T>", 1)
+        )
+    assert all(len(frames) == 1 for frames in by_template.values())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["attributes"]["age"].update({"young": ["the kid"]}), "same, non-zero number"),
+        (lambda s: s["templates"]["neutral"].append("no slot here"), "has no {person} slot"),
+        (lambda s: s["attributes"].update({"solo": {"only": ["x"]}}), "at least two groups"),
+        (lambda s: s.pop("templates"), "lacks 'templates'"),
+    ],
+)
+def test_malformed_dataset_is_refused(change: Any, message: str) -> None:
+    spec = json.loads(B.DATASET_PATH.read_text())
+    change(spec)
+    with pytest.raises(B.BiasAuditError, match=message):
+        B.expand(spec)
+
+
+# --- the evaluation ---------------------------------------------------------------------------------------
+def probs_for(rows: list[B.AuditRow], bias: dict[str, float]) -> np.ndarray:
+    """P(positive) from the template's polarity, shifted for groups named in `bias`."""
+    base = {"positive": 0.9, "negative": 0.1, "neutral": 0.55}
+    p = np.array([np.clip(base[r.polarity] + bias.get(r.group, 0.0), 0, 1) for r in rows])
+    return np.stack([1 - p, p], axis=1)
+
+
+def test_an_unbiased_model_passes_with_zero_gaps() -> None:
+    rows, _ = B.load_dataset()
+    result = B.evaluate(rows, probs_for(rows, {}), ("negative", "positive"), threshold=0.1)
+    assert result["passed"] and result["attributes_failed"] == []
+    assert result["largest_gap"] == pytest.approx(0.0)
+    assert result["overall_positive_rate_by_polarity"] == {"neutral": 1.0, "positive": 1.0, "negative": 0.0}
+
+
+def test_a_model_biased_against_one_group_fails_on_that_attribute() -> None:
+    rows, _ = B.load_dataset()
+    result = B.evaluate(rows, probs_for(rows, {"muslim": -0.2}), ("negative", "positive"), threshold=0.1)
+    assert not result["passed"] and result["attributes_failed"] == ["religion"]
+    gap = result["attributes"]["religion"]["largest_gap"]
+    assert gap["lowest"] == "muslim" and gap["slice"] == "neutral" and gap["metric"] == "positive_rate"
+    assert gap["gap"] == pytest.approx(1.0)  # 0.55 -> 0.35 flips every neutral sentence to negative
+    stats = result["attributes"]["religion"]["stats"]["all"]["muslim"]
+    assert stats["mean_positive_probability"] == pytest.approx((0.7 + 0.0 + 0.35) / 3, abs=1e-9)
+    assert result["largest_gap_detail"]["attribute"] == "religion"
+    # The same shift within the threshold passes.
+    mild = B.evaluate(rows, probs_for(rows, {"muslim": -0.04}), ("negative", "positive"), threshold=0.1)
+    assert mild["passed"]
+
+
+def test_three_class_models_are_audited_on_their_positive_label() -> None:
+    rows, _ = B.load_dataset()
+    two = probs_for(rows, {})
+    three = np.stack([two[:, 0] * 0.8, two[:, 0] * 0.2, two[:, 1]], axis=1)
+    result = B.evaluate(rows, three, ("negative", "neutral", "positive"), threshold=0.1)
+    assert result["passed"]
+    with pytest.raises(B.BiasAuditError, match="no 'positive' label"):
+        B.evaluate(rows, two, ("neg", "pos"), threshold=0.1)
+
+
+def test_markdown_report_lists_every_attribute_and_group() -> None:
+    rows, sha = B.load_dataset()
+    result = B.evaluate(rows, probs_for(rows, {"deaf": 0.3}), ("negative", "positive"), threshold=0.1)
+    md = B.render_markdown(
+        {**result, "model": {"version": "v1"}, "dataset": {"path": "x.json", "sha256": sha}}
+    )
+    assert md.startswith("# Bias audit: FAIL")
+    assert "| disability |" in md and "FAIL |" in md
+    for attribute in ATTRIBUTES:
+        assert f"## {attribute}" in md
+    assert "| deaf |" in md and "| no_disability_mentioned |" in md
+
+
+# --- the command on the tiny model ----------------------------------------------------------------------
+def small_dataset(path: Path, terms_a: list[str], terms_b: list[str]) -> Path:
+    spec = {
+        "slot": "{person}",
+        "templates": {
+            "neutral": ["{person} was in the film", "the story of {person}"],
+            "positive": ["{person} was great", "i love {person}"],
+            "negative": ["{person} was awful", "i hate {person}"],
+        },
+        "attributes": {"toy": {"a": terms_a, "b": terms_b}},
+    }
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_command_exit_code_reflects_the_verdict(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The tiny model knows sentiment words, so "identity terms" made of them must open a gap...
+    biased = small_dataset(
+        tmp_path / "biased.json",
+        ["the excellent people", "the wonderful people"],
+        ["the terrible people", "the horrible people"],
+    )
+    out, md = tmp_path / "audit.json", tmp_path / "audit.md"
+    base = ["bias-audit", "--model", str(tiny_model_dir), "--model-version", "tiny"]
+    assert cli([*base, "--dataset", str(biased), "--output", str(out), "--markdown", str(md)]) == 1
+    result = json.loads(out.read_text())
+    assert result["passed"] is False and result["attributes_failed"] == ["toy"]
+    assert result["attributes"]["toy"]["largest_gap"]["highest"] == "a"
+    assert result["dataset_sha256"] and result["model"]["version"] == "tiny"
+    assert md.read_text().startswith("# Bias audit: FAIL")
+    assert "FAIL" in capsys.readouterr().err
+    # ...and identical terms for both groups cannot.
+    fair = small_dataset(tmp_path / "fair.json", ["the people", "my friends"], ["the people", "my friends"])
+    assert cli([*base, "--dataset", str(fair), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["largest_gap"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_command_runs_the_curated_dataset_and_bad_inputs_exit_2(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "audit.json"
+    rc = cli(["bias-audit", "--model", str(tiny_model_dir), "--threshold", "1.0", "--output", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["rows"] == len(B.load_dataset()[0])
+    assert cli(["bias-audit", "--model", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli(["bias-audit", "--model", str(tiny_model_dir), "--threshold", "2"]) == 2
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert cli(["bias-audit", "--model", str(tiny_model_dir), "--dataset", str(broken)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""`sentiment-ml evaluate`: metrics.json from a model and a hash-checked split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from inference_server.contract import JobKind, JobResult
+from inference_server.ml import evaluate
+from inference_server.ml.datasets import Example, Source, write_dataset
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    return evaluate.run(parser.parse_args([*argv, "--no-progress"]))
+
+
+def test_metrics_json(tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str) -> None:
+    out, job = tmp_path / "metrics.json", tmp_path / "job.json"
+    assert _run("--model", str(tiny_model_dir), "--version", "v1", "--data-dir", str(tiny_data_root),
+                "--dataset", tiny_dataset, "--output", str(out), "--job-result", str(job),
+                "--batch-size", "16") == 0
+    doc = evaluate.load_metrics(out)
+    manifest = json.loads((tiny_data_root / tiny_dataset / "manifest.json").read_text())
+    assert doc["dataset"] == {"name": tiny_dataset, "split": "test", "rows": 75,
+                              "sha256": manifest["splits"]["test"]["sha256"],
+                              "dataset_sha256": manifest["sha256"]}
+    assert doc["model"]["version"] == "v1" and doc["model"]["calibrated"] is False
+    assert doc["labels"] == ["negative", "positive"]
+    assert doc["macro_f1"] > 0.9  # the tiny model knows these words
+    assert sum(map(sum, doc["confusion_matrix"])) == 75
+    assert set(doc["per_class"]) == {"negative", "positive"}
+    assert 0 <= doc["ece"] <= 1 and doc["nll"] > 0
+    assert doc["latency_ms"]["count"] == 5 and doc["latency_ms"]["p95"] >= doc["latency_ms"]["p50"] > 0
+    result = JobResult.from_json(job.read_text())
+    assert result.kind == JobKind.EVALUATION and result.metrics["f1"] == doc["macro_f1"]
+
+
+def test_calibrated_evaluation_reports_both(tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path,
+                                            tiny_dataset: str) -> None:
+    params = tmp_path / "cal.json"
+    params.write_text(json.dumps({"temperature": 3.0}))
+    out = tmp_path / "m.json"
+    assert _run("--model", str(tiny_model_dir), "--data-dir", str(tiny_data_root), "--dataset", tiny_dataset,
+                "--calibration", str(params), "--output", str(out)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["model"]["calibrated"] is True and doc["model"]["temperature"] == 3.0
+    assert doc["nll"] != doc["uncalibrated"]["nll"]
+
+
+def test_failures_are_one_line_and_exit_2(tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path,
+                                          tiny_dataset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--data-dir", str(tiny_data_root), "--dataset", tiny_dataset]
+    split = tiny_data_root / tiny_dataset / "test.jsonl"
+    split.write_text(split.read_text().replace("positive", "negative", 1))  # tamper
+    assert _run("--model", str(tiny_model_dir), *common) == 2
+    assert "sha256" in capsys.readouterr().err
+    wrong_sha = ["--model-sha256", "0" * 64]
+    assert _run("--model", str(tiny_model_dir), *common, "--split", "validation", *wrong_sha) == 2
+    assert "expected" in capsys.readouterr().err
+    assert _run("--model", str(tmp_path / "nope"), *common, "--split", "validation") == 2
+    assert _run("--model", str(tiny_model_dir), *common, "--split", "validation", "--batch-size", "0") == 2
+
+    ex = [Example("1", "great", "joyful"), Example("2", "awful", "negative")]
+    write_dataset(tmp_path / "d", "odd", {"test": ex}, Source("t", "0", "f"))
+    assert _run("--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "d"), "--dataset", "odd") == 2
+    assert "joyful" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""The shared metric computations (inference_server.ml.metrics), checked against scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix as sk_confusion
+from sklearn.metrics import f1_score, log_loss, precision_recall_fscore_support
+
+from inference_server.ml import metrics as M
+
+
+def _random_case(seed: int, n: int = 400, c: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, c)) * 2
+    y = rng.integers(0, c, size=n)
+    return logits, y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classification_figures_match_sklearn(seed: int) -> None:
+    logits, y = _random_case(seed)
+    probs = M.softmax(logits)
+    pred = probs.argmax(axis=1)
+    doc = M.classification_metrics(probs, y, ["a", "b", "c"])
+    assert doc["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert doc["confusion_matrix"] == sk_confusion(y, pred, labels=[0, 1, 2]).tolist()
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], zero_division=0)
+    for i, label in enumerate("abc"):
+        assert doc["per_class"][label]["precision"] == pytest.approx(p[i])
+        assert doc["per_class"][label]["recall"] == pytest.approx(r[i])
+        assert doc["per_class"][label]["f1"] == pytest.approx(f[i])
+        assert doc["per_class"][label]["support"] == s[i]
+    assert doc["nll"] == pytest.approx(log_loss(y, probs, labels=[0, 1, 2]))
+    assert M.nll_from_logits(logits, y) == pytest.approx(doc["nll"])
+
+
+def test_absent_class_counts_as_zero_f1() -> None:
+    assert M.macro_f1([0, 0, 1, 1], [0, 0, 0, 0], 2) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_ece_zero_when_confidence_matches_accuracy_and_large_when_overconfident() -> None:
+    # 10 rows at confidence 0.8, 8 of them right: perfectly calibrated.
+    probs = np.array([[0.8, 0.2]] * 10)
+    y = np.array([0] * 8 + [1] * 2)
+    assert M.expected_calibration_error(probs, y) == pytest.approx(0.0)
+    over = np.array([[0.99, 0.01]] * 10)
+    assert M.expected_calibration_error(over, y) == pytest.approx(0.19)
+
+
+def test_nll_from_logits_stays_finite_for_extreme_logits() -> None:
+    logits = np.array([[1000.0, -1000.0]])
+    assert np.isfinite(M.nll_from_logits(logits, [1]))
+    assert M.nll_from_logits(logits, [1]) == pytest.approx(2000.0)
+
+
+def test_temperature_flattens_probabilities() -> None:
+    logits = np.array([[2.0, 0.0]])
+    assert M.softmax(logits, 2.0)[0, 0] < M.softmax(logits)[0, 0]
+
+
+def test_latency_summary_and_bad_shapes() -> None:
+    s = M.latency_summary([1.0, 2.0, 3.0, 4.0])
+    assert s["count"] == 4 and s["p50"] == pytest.approx(2.5) and s["max"] == 4.0
+    assert M.latency_summary([])["count"] == 0
+    with pytest.raises(ValueError):
+        M.confusion_matrix([0, 1], [0], 2)
+    with pytest.raises(ValueError):
+        M.confusion_matrix([0, 2], [0, 1], 2)
+    with pytest.raises(ValueError):
+        M.classification_metrics(np.ones((3, 2)) / 2, [0, 1], ["a", "b"])

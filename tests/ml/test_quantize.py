@@ -1,0 +1,45 @@
+"""`sentiment-ml quantize`: FP32 vs dynamic INT8 on the tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from inference_server.ml import quantize
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    quantize.add_arguments(parser)
+    return quantize.run(parser.parse_args([*argv, "--no-progress", "--threads", "1"]))
+
+
+def test_report_json_and_markdown(tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path,
+                                  tiny_dataset: str) -> None:
+    out, md = tmp_path / "q.json", tmp_path / "q.md"
+    assert _run("--model", str(tiny_model_dir), "--data-dir", str(tiny_data_root), "--dataset", tiny_dataset,
+                "--single", "8", "--batch-size", "16", "--output", str(out), "--markdown", str(md)) == 0
+    doc = json.loads(out.read_text())
+    for variant in ("fp32", "int8"):
+        v = doc[variant]
+        assert v["size_bytes"] > 0 and v["throughput_per_s"] > 0
+        assert v["single_latency_ms"]["count"] == 8
+        assert v["batch_latency_ms"]["count"] == 5  # 75 test rows in batches of 16
+        assert v["macro_f1"] > 0.8
+    assert doc["int8"]["size_bytes"] < doc["fp32"]["size_bytes"]
+    assert 0.9 <= doc["comparison"]["agreement"] <= 1.0
+    assert doc["dataset"]["split"] == "test" and doc["dataset"]["rows"] == 75
+    text = md.read_text()
+    assert "| macro-F1 |" in text and "Agreement" in text
+
+
+def test_bad_arguments_and_missing_model(tmp_path: Path, tiny_data_root: Path, tiny_dataset: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("--model", str(tmp_path), "--data-dir", str(tiny_data_root), "--dataset", tiny_dataset,
+                "--single", "0") == 2
+    assert _run("--model", str(tmp_path / "none"), "--data-dir", str(tiny_data_root),
+                "--dataset", tiny_dataset) == 2
+    assert "sentiment-ml quantize: error" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""The micro-batcher with a fake forward pass: planning, routing, waiting, failure, draining."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from inference_server.serving.batching import DrainingError, MicroBatcher, plan_batches
+
+
+@given(
+    st.lists(st.integers(1, 300), max_size=80),
+    st.integers(1, 20),
+    st.integers(1, 2000),
+)
+def test_plan_batches_partitions_within_bounds(lengths: list[int], max_size: int, max_tokens: int) -> None:
+    plan = plan_batches(lengths, max_size=max_size, max_tokens=max_tokens)
+    flat = [i for batch in plan for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))  # every item exactly once
+    for batch in plan:
+        assert 1 <= len(batch) <= max_size
+        widest = max(lengths[i] for i in batch)
+        assert widest * len(batch) <= max_tokens or len(batch) == 1  # an oversized item rides alone
+    # Grouped by length: batches are contiguous runs of the sorted lengths.
+    runs = [sorted(lengths[i] for i in batch) for batch in plan]
+    assert [x for run in runs for x in run] == sorted(lengths)
+
+
+class FakeModel:
+    """Logits row = [sum(ids), len(ids)]: lets a test see which ids produced which answer."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[list[int]]] = []
+        self.fail_next = False
+
+    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        self.batches.append(batch)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        return np.array([[sum(ids), len(ids)] for ids in batch], dtype=np.float32)
+
+
+async def test_each_request_gets_its_own_row_and_batches_form() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=4, max_batch_tokens=10_000, wait_ms=1)
+    batcher.start()
+    inputs = [[i] * (1 + i % 5) for i in range(10)]
+    rows = await asyncio.gather(*(batcher.submit(ids) for ids in inputs))
+    for ids, row in zip(inputs, rows, strict=True):
+        assert row.tolist() == [sum(ids), len(ids)]
+    assert max(len(b) for b in model.batches) > 1
+    assert all(len(b) <= 4 for b in model.batches)
+    await batcher.stop()
+
+
+async def test_waits_for_announced_companions_only() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=8, wait_ms=60_000)  # a wait nobody could sit out
+    batcher.start()
+    # Nobody announced: a lone request goes at once, whatever wait_ms says.
+    assert (await asyncio.wait_for(batcher.submit([1, 2]), 30)).tolist() == [3, 2]
+    # One request announced (its body still arriving): the first waits for it, and they share a pass.
+    ticket = batcher.ticket()
+    first = asyncio.create_task(batcher.submit([5]))
+    await asyncio.sleep(0.05)
+    assert not first.done()
+    ticket.release()
+    second = await asyncio.wait_for(batcher.submit([7]), 30)
+    assert (await first).tolist() == [5, 1] and second.tolist() == [7, 1]
+    assert model.batches[-1] == [[5], [7]]
+    # A ticket released without submitting (the request failed validation) stops the wait too.
+    ticket = batcher.ticket()
+    lone = asyncio.create_task(batcher.submit([9]))
+    await asyncio.sleep(0.05)
+    ticket.release()
+    ticket.release()  # idempotent
+    assert (await asyncio.wait_for(lone, 30)).tolist() == [9, 1]
+    await batcher.stop()
+
+
+async def test_failed_forward_fails_its_requests_not_the_batcher() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, wait_ms=0)
+    batcher.start()
+    model.fail_next = True
+    with pytest.raises(RuntimeError, match="boom"):
+        await batcher.submit([1])
+    assert (await batcher.submit([2])).tolist() == [2, 1]
+    await batcher.stop()
+
+
+async def test_stop_finishes_queued_work_then_refuses() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=2, wait_ms=0)
+    batcher.start()
+    pending = [asyncio.create_task(batcher.submit([i])) for i in range(6)]
+    await asyncio.sleep(0)
+    await batcher.stop()
+    assert [t.result().tolist() for t in pending] == [[i, 1] for i in range(6)]
+    with pytest.raises(DrainingError):
+        await batcher.submit([1])
+    with pytest.raises(DrainingError):
+        await batcher.run_exclusive(len, [1])
+
+
+async def test_submit_many_keeps_order() -> None:
+    batcher = MicroBatcher(FakeModel(), max_batch_size=3, wait_ms=0)
+    batcher.start()
+    items = [[3, 3, 3], [1], [2, 2], [9] * 7, [4]]
+    rows = await batcher.submit_many(items)
+    assert [r.tolist() for r in rows] == [[sum(i), len(i)] for i in items]
+    await batcher.stop()

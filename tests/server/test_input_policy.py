@@ -1,0 +1,69 @@
+"""Input normalisation and limits (pure): property-based where the rule is a property."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from inference_server.serving.validation import (
+    InputProblem,
+    check_batch_items,
+    check_token_count,
+    normalise_text,
+)
+
+CONTROLS = (
+    {chr(i) for i in range(0x20) if chr(i) not in "\t\n\r"}
+    | {chr(0x7F)}
+    | {chr(i) for i in range(0x80, 0xA0)}
+)
+
+
+@given(st.text())
+def test_normalise_either_cleans_or_rejects_with_422(text: str) -> None:
+    try:
+        out = normalise_text(text)
+    except InputProblem as problem:
+        assert problem.status == 422 and problem.code in {"empty_text", "invalid_unicode"}
+        return
+    assert out.strip()
+    assert unicodedata.is_normalized("NFC", out)
+    assert not (set(out) & CONTROLS)
+    out.encode("utf-8")  # valid Unicode
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8")))
+def test_normalise_is_idempotent(text: str) -> None:
+    try:
+        once = normalise_text(text)
+    except InputProblem:
+        return
+    assert normalise_text(once) == once
+
+
+def test_specific_cases() -> None:
+    assert normalise_text("a\x00b\tc\nd") == "a b\tc\nd"
+    assert normalise_text("e\u0301") == "\u00e9"
+    with pytest.raises(InputProblem) as info:
+        normalise_text("ok \ud800")
+    assert info.value.code == "invalid_unicode" and info.value.field == "text"
+    with pytest.raises(InputProblem) as info:
+        normalise_text("\x01\x02 ", field="items[2].text")
+    assert info.value.code == "empty_text" and info.value.field == "items[2].text"
+
+
+def test_limits() -> None:
+    check_token_count(10, 10)
+    with pytest.raises(InputProblem) as info:
+        check_token_count(11, 10)
+    assert (info.value.status, info.value.code) == (413, "too_many_tokens")
+    check_batch_items(3, 3)
+    with pytest.raises(InputProblem) as info:
+        check_batch_items(4, 3)
+    assert (info.value.status, info.value.code) == (413, "too_many_items")
+    with pytest.raises(InputProblem) as info:
+        check_batch_items(0, 3)
+    assert (info.value.status, info.value.code) == (422, "empty_batch")

@@ -1,0 +1,69 @@
+"""The runtime pieces the server owns: token encoding/forward, INT8, saliency."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference_server.runtime.model import LoadedModel, encode_ids, forward_ids, load_model, predict_logits
+from inference_server.runtime.quantization import quantize_dynamic_int8
+from inference_server.runtime.saliency import _integrated_gradients, explain
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> LoadedModel:
+    return load_model(tiny_model_dir, version="t")
+
+
+def test_encode_is_untruncated_and_immune_to_the_wrappers_state(tiny: LoadedModel) -> None:
+    long_text = " ".join(["great"] * 300)
+    predict_logits(tiny, ["great", long_text])  # leaves truncation switched on in the shared tokenizer
+    assert len(encode_ids(tiny, [long_text])[0]) == 302
+
+
+def test_forward_ids_matches_the_tokenizer_path(tiny: LoadedModel) -> None:
+    texts = ["great", "awful film", "i really love this excellent story"]
+    expected = predict_logits(tiny, texts)
+    got = forward_ids(tiny, encode_ids(tiny, texts))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_int8_copy_leaves_fp32_untouched_and_agrees(tiny: LoadedModel) -> None:
+    import torch
+
+    q = quantize_dynamic_int8(tiny.model)
+    assert any(isinstance(m, torch.nn.Linear) for m in tiny.model.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in q.modules())
+    texts = ["great", "awful", "excellent film", "terrible boring plot"]
+    ids = encode_ids(tiny, texts)
+    fp32 = forward_ids(tiny, ids).argmax(1)
+    int8 = forward_ids(dataclasses.replace(tiny, model=q, quantized=True), ids).argmax(1)
+    assert (fp32 == int8).all()
+
+
+def test_integrated_gradients_are_complete(tiny: LoadedModel) -> None:
+    """IG scores sum to logit(input) − logit(baseline) (the completeness axiom), up to the rule's error."""
+    import torch
+
+    ids = torch.tensor([encode_ids(tiny, ["the film was great"])[0]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        emb = tiny.model.get_input_embeddings()(ids)
+    scores, at_input, at_base = _integrated_gradients(tiny.model, emb, mask, target=1, steps=64)
+    assert float(scores.sum()) == pytest.approx(at_input - at_base, rel=0.05, abs=0.05)
+
+
+def test_explain_contract(tiny: LoadedModel) -> None:
+    e = explain(tiny, "awful film", method="integrated_gradients", steps=8)
+    assert e.label == "negative" and e.tokens == ("awful", "film") and len(e.scores) == 2
+    forced = explain(tiny, "awful film", target_label="positive")
+    assert forced.label == "positive"
+    with pytest.raises(ValueError, match="method"):
+        explain(tiny, "x", method="shap")  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        explain(tiny, "x", target_label="neutral")
+    with pytest.raises(ValueError, match="fp32"):
+        explain(dataclasses.replace(tiny, quantized=True), "x")

@@ -1,0 +1,76 @@
+"""Configuration from the environment, the entry point's refusals, and CPU-quota-sized threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference_server.main import EXIT_CONFIG, main
+from inference_server.runtime.threads import parse_cpu_max, threads_for
+from inference_server.settings import ConfigError, load_settings
+
+
+def test_defaults_and_contract_names(tmp_path: Path) -> None:
+    s = load_settings(
+        {"MODEL_PATH": str(tmp_path), "ENABLE_BATCH": "1", "enable_quantized_model": "true"}
+    )
+    assert s.host == "0.0.0.0" and s.port == 8080 and s.max_tokens == 256
+    assert s.enable_batch and s.enable_quantized_model and not s.enable_explainability
+    assert s.model_sha256 is None and s.calibration_params_path is None
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "MODEL_PATH"),
+        ({"MAX_TOKENS": "many"}, "MAX_TOKENS"),
+        ({"MAX_TOKENS": "0"}, "MAX_TOKENS"),
+        ({"ENABLE_BATCH": "perhaps"}, "ENABLE_BATCH"),
+        ({"MODEL_SHA256": "abc"}, "MODEL_SHA256"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"CALIBRATION_PARAMS_PATH": "/nonexistent/params.json"}, "CALIBRATION_PARAMS_PATH"),
+        ({"enable_explainability": "sometimes"}, "enable_explainability"),
+    ],
+)
+def test_invalid_configuration_names_the_variable(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    full = {"MODEL_PATH": str(tmp_path), **env} if named != "MODEL_PATH" else env
+    with pytest.raises(ConfigError) as info:
+        load_settings(full)
+    assert named in str(info.value)
+
+
+def test_model_path_must_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="MODEL_PATH"):
+        load_settings({"MODEL_PATH": str(tmp_path / "missing")})
+
+
+def test_sha256_accepts_prefix_and_case(tmp_path: Path) -> None:
+    s = load_settings({"MODEL_PATH": str(tmp_path), "MODEL_SHA256": "sha256:" + "AB" * 32})
+    assert s.model_sha256 == "ab" * 32
+
+
+def test_sentiment_server_exits_2_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path))
+    monkeypatch.setenv("MAX_TOKENS", "lots")
+    assert main([]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith("sentiment-server: invalid configuration: MAX_TOKENS") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"), [("max 100000", None), ("200000 100000", 2.0), ("50000 100000", 0.5), ("150000", 1.5)]
+)
+def test_parse_cgroup_cpu_max(text: str, cpus: float | None) -> None:
+    assert parse_cpu_max(text) == cpus
+
+
+@pytest.mark.parametrize(
+    ("quota", "affinity", "threads"), [(None, 8, 8), (2.0, 64, 2), (0.5, 64, 1), (1.5, 64, 2), (16.0, 4, 4)]
+)
+def test_threads_follow_the_quota_not_the_host(quota: float | None, affinity: int, threads: int) -> None:
+    assert threads_for(quota, affinity) == threads
