@@ -27,12 +27,16 @@ from e2e.cluster.processes import StartError
 
 
 def _reporter(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines that reach the terminal even while pytest captures output (a start takes
+    tens of seconds; silence would look like a hang)."""
     terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if terminal is None or capture is None:
         return launcher.log_line
 
     def write(message: str) -> None:
-        terminal.write_line(f"cluster: {message}")
+        with capture.global_and_fixture_disabled():
+            terminal.write_line(f"cluster: {message}")
 
     return write
 

@@ -266,6 +266,43 @@ def test_failing_job_pod_is_failed_with_its_exit_code(
     assert "failing" in container_log(cluster, namespace, pod.metadata.name, "main")
 
 
+def test_indexed_job_gives_each_pod_its_completion_index(
+    cluster: Cluster, k8s: client.ApiClient, namespace: str
+) -> None:
+    core, batch = client.CoreV1Api(k8s), client.BatchV1Api(k8s)
+    batch.create_namespaced_job(
+        namespace,
+        {
+            "metadata": {"name": "shards"},
+            "spec": {
+                "completionMode": "Indexed",
+                "completions": 3,
+                "parallelism": 3,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [
+                            {
+                                "name": "main",
+                                "image": "none",
+                                "command": ["sh", "-c", "echo shard $JOB_COMPLETION_INDEX"],
+                            }
+                        ],
+                    }
+                },
+            },
+        },
+    )
+    eventually(
+        lambda: batch.read_namespaced_job("shards", namespace).status.succeeded == 3, "3 shards succeeded"
+    )
+    logs = sorted(
+        container_log(cluster, namespace, pod.metadata.name, "main").strip()
+        for pod in pods_of(core, namespace, "job-name=shards")
+    )
+    assert logs == ["shard 0", "shard 1", "shard 2"]
+
+
 def test_exited_process_is_restarted_and_counted(
     cluster: Cluster, k8s: client.ApiClient, namespace: str
 ) -> None:

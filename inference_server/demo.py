@@ -8,7 +8,6 @@ child process on a free loopback port, so what you see is what a pod serves.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -34,19 +33,24 @@ def cache_dir() -> Path:
 
 
 def _default_model() -> Path | None:
-    """The default model's directory when it is built (inference_server.ml.default_model), else None."""
+    """The default model's directory when `make model` has built it (inference_server.ml.default_model)."""
     try:
-        module = importlib.import_module("inference_server.ml.default_model")
-    except ImportError:
+        from inference_server.ml.default_model import default_model_dir
+    except ImportError:  # the ML package is optional for the server; the tiny model will do
         return None
-    for name in ("existing_default_model", "find_default_model", "default_model_dir"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            with contextlib.suppress(Exception):
-                found = fn()
-                if found and Path(found).is_dir() and (Path(found) / "config.json").is_file():
-                    return Path(found)
-    return None
+    return default_model_dir()
+
+
+def model_env(directory: Path) -> dict[str, str]:
+    """Calibration and the expected sha256 when the model directory comes with them (the default model)."""
+    env: dict[str, str] = {}
+    calibration = directory / "calibration.json"
+    if calibration.is_file():
+        env["CALIBRATION_PARAMS_PATH"] = str(calibration)
+    sha_file = directory.with_name(directory.name + ".sha256")
+    if sha_file.is_file():
+        env["MODEL_SHA256"] = sha_file.read_text().strip()
+    return env
 
 
 def model_dir() -> tuple[Path, str]:
@@ -145,6 +149,7 @@ def main() -> int:
             "PORT": str(port),
             "FEEDBACK_DB_PATH": str(Path(tmp) / "feedback.sqlite3"),
             "LOG_LEVEL": "WARNING",
+            **model_env(directory),
         }
         print(f"==> serving the {kind} model {directory} on http://127.0.0.1:{port}", flush=True)
         proc = subprocess.Popen([sys.executable, "-m", "inference_server.main"], env=env)

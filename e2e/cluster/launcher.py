@@ -318,24 +318,25 @@ def _start_all(
     starter.wait(apiserver, starter.spawn(apiserver))
     step(f"kube-apiserver {b.versions.get('kubernetes', '')} ready")
 
-    rest = [
-        config.controller_manager(b, layout, ports, files),
-        config.scheduler(b, layout, ports),
-        config.kwok(b, layout, ports),
-        config.pod_sd(sys.executable, layout, ports),
-        config.prometheus(b, layout, ports),
-    ]
-    if PODRUNNER_MAIN.exists():
-        rest.append(config.podrunner(sys.executable, layout))
-    else:
-        progress(f"no pod runner ({PODRUNNER_MAIN} is missing): Pods will be scheduled but not run")
-    started = [(spec, starter.spawn(spec)) for spec in rest]
-
     with client.ApiClient(_admin_configuration(layout.kubeconfig)) as api:
+        # CRDs first, while nothing else talks to the API server: every CRD added later would make
+        # the controller-manager's garbage collector and quota controllers rediscover and resync.
         bootstrap.create_node(api, config.node_manifest())
         docs = crd_documents(b)
         bootstrap.apply(api, docs, layout.root / "discovery-cache.json")
         step(f"applied {len(docs)} manifests (our CRDs, Gateway API {b.versions.get('gateway_api', '')})")
+        rest = [
+            config.controller_manager(b, layout, ports, files),
+            config.scheduler(b, layout, ports),
+            config.kwok(b, layout, ports),
+            config.pod_sd(sys.executable, layout, ports),
+            config.prometheus(b, layout, ports),
+        ]
+        if PODRUNNER_MAIN.exists():
+            rest.append(config.podrunner(sys.executable, layout))
+        else:
+            progress(f"no pod runner ({PODRUNNER_MAIN} is missing): Pods will be scheduled but not run")
+        started = [(spec, starter.spawn(spec)) for spec in rest]
         for spec, proc in started:
             starter.wait(spec, proc)
             step(f"{spec.name} ready")

@@ -84,10 +84,11 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 def _die_with_parent() -> None:
-    # Fixture-owned clusters: if pytest is killed outright (SIGKILL), the kernel sends SIGTERM to
-    # our children, so no control plane outlives its test session.
+    # Fixture-owned clusters: if pytest is killed outright (SIGKILL), the kernel kills our children
+    # too, so no control plane outlives its test session. SIGKILL, not SIGTERM: all of them would
+    # get it at once, and a kube-apiserver whose etcd is going away waits in graceful shutdown forever.
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def spawn(

@@ -79,8 +79,9 @@ go_build() {
   vlog="$tmp/.build.log"
   total="$(cd "$moddir" && go list -deps "$@" 2>/dev/null | grep -c '\.' || true)"
   (
-    while sleep 30; do
-      log "  ... $(basename "$outdir"): $(grep -c '\.' "$vlog" 2>/dev/null || echo 0) of ~${total} non-std packages compiled, $(( (SECONDS - t0) / 60 )) min elapsed"
+    while sleep "${PROGRESS_EVERY:-30}"; do
+      done_pkgs="$(grep -c '\.' "$vlog" 2>/dev/null)" || true
+      log "  ... $(basename "$outdir"): ${done_pkgs:-0} of ~${total} non-std packages compiled (cached ones are skipped), $(( (SECONDS - t0) / 60 )) min elapsed"
     done
   ) &
   ticker=$!
@@ -115,7 +116,7 @@ wrapper_for() {
     if grep -q "^require ${module} ${version}\$" "$here/gomod/$name/go.mod"; then
       echo "$here/gomod/$name"; return 0
     fi
-    log "WARNING: gomod/$name/go.mod does not require ${module} ${version}; using a generated wrapper (commit one: see gen-replaces.sh)"
+    log "WARNING: gomod/$name/go.mod does not require ${module} ${version}; using a generated wrapper (commit one: see gen-replaces.sh)" >&2
   fi
   dir="$(mktemp -d "$scratch/$name.XXXXXX")"
   cp "$here/gomod/$name/tools.go" "$dir/"

@@ -42,6 +42,8 @@ from e2e.podrunner.volumes import mount_sources, plan_volume, referenced_names, 
 log = logging.getLogger("podrunner")
 
 RETRY_CONFIG_S = 2.0
+# Status is recomputed at least this often, so a patch that failed (API server restarting) is retried.
+RESYNC_S = 10.0
 MOUNTS_ENV = "PODRUNNER_MOUNTS"
 
 
@@ -240,8 +242,8 @@ class PodWorker:
                 log.info("pod %s: %s", self.key, phase)
                 return
             due = [s.next_start for s in self._active() if s.process is None and s.next_start is not None]
-            timeout = max(0.0, min(due) - loop.time()) if due else None
-            await self._sleep(timeout)
+            timeout = max(0.0, min(due) - loop.time()) if due else RESYNC_S
+            await self._sleep(min(timeout, RESYNC_S))
 
     def _active(self) -> list[Slot]:
         """The first init container that has not succeeded, else every container."""

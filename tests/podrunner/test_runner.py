@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from e2e.podrunner.runner import base_environment, node_internal_ip
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from e2e.podrunner.kube import WatchExpired
+from e2e.podrunner.runner import READY_FILE, Runner, base_environment, node_internal_ip
+from e2e.podrunner.worker import RunnerContext
 
 
 def test_base_environment_puts_the_venv_first_and_inherits_little() -> None:
@@ -24,3 +31,59 @@ def test_node_internal_ip_must_be_loopback() -> None:
         node_internal_ip({"status": {"addresses": [{"type": "InternalIP", "address": "10.1.2.3"}]}})
         == "127.0.0.1"
     )
+
+
+class ExpiringWatch:
+    """Lists one pod; its first watch expires (410), the second reports a new pod, then idles."""
+
+    def __init__(self) -> None:
+        self.lists = 0
+        self.watches = 0
+
+    async def list_pods(self, node: str) -> dict[str, Any]:
+        self.lists += 1
+        return {"metadata": {"resourceVersion": str(self.lists)}, "items": [finished_pod("a")]}
+
+    async def watch_pods(self, node: str, resource_version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        self.watches += 1
+        if self.watches == 1:
+            raise WatchExpired("too old resource version")
+        yield "ADDED", finished_pod("b")
+        await asyncio.Event().wait()
+
+
+def finished_pod(name: str) -> dict[str, Any]:
+    # Succeeded pods need no processes: their workers only wait for deletion.
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}"},
+        "status": {"phase": "Succeeded"},
+    }
+
+
+async def test_an_expired_watch_lists_again_and_keeps_going(tmp_path: Path) -> None:
+    kube = ExpiringWatch()
+    runner = Runner(
+        kubeconfig="unused", node="n", state_dir=tmp_path, pod_cidr="127.10.0.0/24", grace_cap_s=1
+    )
+    ctx = RunnerContext(
+        kube=kube,  # type: ignore[arg-type]
+        pool=runner.pool,
+        node="n",
+        host_ip="127.0.0.1",
+        state_dir=tmp_path,
+        base_env={},
+        probe_client=None,  # type: ignore[arg-type]
+    )
+    task = asyncio.create_task(runner._list_and_watch(ctx))
+    try:
+        for _ in range(200):
+            if set(runner.workers) == {"uid-a", "uid-b"}:
+                break
+            await asyncio.sleep(0.01)
+        assert set(runner.workers) == {"uid-a", "uid-b"}
+        assert (kube.lists, kube.watches) == (2, 2)
+        assert (tmp_path / READY_FILE).exists()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner._stop_workers()

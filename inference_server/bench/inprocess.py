@@ -1,0 +1,123 @@
+"""In-process measurements (torch in this process, no HTTP): the raw forward-pass ceiling (b), the bare
+single-sentence forward latency (what the server's per-request overhead is measured against), and
+macro-F1 of fp32 vs INT8 on the test split. Uses the same runtime calls as the server's hot path
+(``encode_ids`` → ``forward_ids``) with the same thread settings (``configure_torch_threads``)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from inference_server.bench.stats import percentile
+from inference_server.runtime.model import LoadedModel, encode_ids, forward_ids, predict_logits
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    precision: str  # "fp32" | "int8"
+    length: str  # "short" | "long"
+    sentences_per_s: dict[int, float]  # by batch size
+    best_batch_size: int
+    best_sentences_per_s: float
+    batch1_p50_ms: float  # one sentence per forward pass: the bare latency
+    batch1_p95_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Quality:
+    rows: int
+    macro_f1_fp32: float
+    macro_f1_int8: float
+    accuracy_fp32: float
+    accuracy_int8: float
+    agreement: float  # share of test sentences where fp32 and INT8 predict the same label
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _throughput(
+    run: Callable[[list[list[int]]], Any], ids: Sequence[list[int]], batch_size: int, min_time_s: float
+) -> float:
+    """Sentences/s of consecutive batches over ``ids`` (cycled) for at least ``min_time_s``."""
+    batches = [list(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+    batches = [b for b in batches if len(b) == batch_size] or batches
+    run(batches[0])  # warm: first call at a new shape pays for allocation
+    done, k = 0, 0
+    start = time.perf_counter()
+    while True:
+        batch = batches[k % len(batches)]
+        run(batch)
+        done += len(batch)
+        k += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time_s and k >= 2:
+            return done / elapsed
+
+
+def measure_ceiling(
+    m: LoadedModel,
+    texts: Sequence[str],
+    *,
+    precision: str,
+    length: str,
+    batch_sizes: Sequence[int],
+    min_time_s: float,
+    single_samples: int,
+) -> Ceiling:
+    ids = encode_ids(m, list(texts))
+
+    def run(batch: list[list[int]]) -> Any:
+        return forward_ids(m, batch)
+
+    rates: dict[int, float] = {}
+    for bs in batch_sizes:
+        rates[bs] = _throughput(run, ids, bs, min_time_s)
+        _log(f"ceiling {precision} {length}: batch {bs:>3} → {rates[bs]:7.1f} sentences/s")
+    singles = []
+    for i in range(single_samples):
+        t0 = time.perf_counter()
+        forward_ids(m, [ids[i % len(ids)]])
+        singles.append((time.perf_counter() - t0) * 1000.0)
+    best = max(rates, key=rates.__getitem__)
+    return Ceiling(
+        precision, length, rates, best, rates[best], statistics.median(singles), percentile(singles, 95)
+    )
+
+
+def predicted_labels(m: LoadedModel, texts: Sequence[str]) -> list[str]:
+    logits = predict_logits(m, list(texts), batch_size=32)
+    return [m.labels[int(i)] for i in logits.argmax(axis=1)]
+
+
+def measure_quality(
+    fp32: LoadedModel, int8: LoadedModel, texts: Sequence[str], gold: Sequence[str]
+) -> Quality:
+    from inference_server.ml.metrics import accuracy, macro_f1
+
+    index = {label: i for i, label in enumerate(fp32.labels)}
+    y = [index[g] for g in gold]
+    _log(f"macro-F1: fp32 on {len(texts)} test sentences …")
+    p32 = [index[p] for p in predicted_labels(fp32, texts)]
+    _log(f"macro-F1: INT8 on {len(texts)} test sentences …")
+    p8 = [index[p] for p in predicted_labels(int8, texts)]
+    n = len(fp32.labels)
+    return Quality(
+        rows=len(texts),
+        macro_f1_fp32=macro_f1(y, p32, n),
+        macro_f1_int8=macro_f1(y, p8, n),
+        accuracy_fp32=accuracy(y, p32),
+        accuracy_int8=accuracy(y, p8),
+        agreement=sum(a == b for a, b in zip(p32, p8, strict=True)) / len(texts) if texts else 0.0,
+    )

@@ -1,0 +1,220 @@
+"""The load generator: an asyncio httpx client in its own process.
+
+    python -m inference_server.bench.loadgen SPEC.json RESULT.json
+
+SPEC holds the URL, the request bodies and a list of runs; each run is closed-loop (``concurrency``
+workers, each sending its next request when the previous answer arrives) or open-loop (arrivals at
+``rate`` per second on a seeded schedule, latency measured from the scheduled send time). Every run is
+bounded by a request count and a duration. RESULT holds, per run, one record per request (input index,
+HTTP status, latency, predicted label, the server's own latency_ms) and the client's CPU time, so the
+report can say how much of the shared CPU the client itself took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference_server.bench.schedule import arrival_offsets
+
+REQUEST_TIMEOUT_S = 120.0
+OPEN_LOOP_MAX_CONNECTIONS = 256
+
+
+@dataclass
+class RunResult:
+    name: str
+    records: list[tuple[int, int, float, str | None, float | None]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    client_cpu_s: float = 0.0
+    max_send_lag_ms: float = 0.0  # open loop: how late the client itself sent (its own share of latency)
+    first_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "records": self.records,
+            "elapsed_s": self.elapsed_s,
+            "client_cpu_s": self.client_cpu_s,
+            "max_send_lag_ms": self.max_send_lag_ms,
+            "first_error": self.first_error,
+        }
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _parse(body: bytes) -> tuple[str | None, float | None]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    label = data.get("label")
+    server_ms = data.get("latency_ms")
+    return (
+        str(label) if label is not None else None,
+        float(server_ms) if isinstance(server_ms, int | float) else None,
+    )
+
+
+async def _send(client: Any, url: str, body: bytes, result: RunResult, index: int, origin: float) -> None:
+    """One request; the latency runs from ``origin`` (the send time, or the scheduled send time)."""
+    try:
+        response = await client.post(url, content=body, headers={"content-type": "application/json"})
+        status, content = response.status_code, response.content
+    except Exception as exc:  # connection refused/reset, timeout: an error of this run, not of the client
+        status, content = 0, b""
+        result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
+    latency = time.perf_counter() - origin
+    label, server_ms = _parse(content) if status == 200 else (None, None)
+    if status != 200 and result.first_error is None:
+        result.first_error = f"HTTP {status}: {content[:200].decode('utf-8', 'replace')}"
+    result.records.append((index, status, latency, label, server_ms))
+
+
+async def closed_loop(
+    client: Any,
+    url: str,
+    bodies: list[bytes],
+    *,
+    name: str,
+    concurrency: int,
+    max_requests: int,
+    duration_s: float,
+    warmup: int,
+) -> RunResult:
+    if warmup:
+        scratch = RunResult("warmup")
+        await asyncio.gather(
+            *(
+                _send(client, url, bodies[i % len(bodies)], scratch, i, time.perf_counter())
+                for i in range(warmup)
+            )
+        )
+    result = RunResult(name)
+    counter = itertools.count()
+    start = time.perf_counter()
+    deadline = start + duration_s
+    cpu0 = _cpu_s()
+
+    async def worker() -> None:
+        while True:
+            k = next(counter)
+            if k >= max_requests or time.perf_counter() >= deadline:
+                return
+            index = k % len(bodies)
+            await _send(client, url, bodies[index], result, index, time.perf_counter())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - start
+    result.client_cpu_s = _cpu_s() - cpu0
+    return result
+
+
+async def open_loop(
+    client: Any,
+    url: str,
+    bodies: list[bytes],
+    *,
+    name: str,
+    rate: float,
+    max_requests: int,
+    duration_s: float,
+    seed: int,
+    arrivals: str,
+) -> RunResult:
+    count = max(1, min(max_requests, int(rate * duration_s)))
+    offsets = arrival_offsets(rate, count, arrivals=arrivals, seed=seed)  # type: ignore[arg-type]
+    result = RunResult(name)
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    cpu0 = _cpu_s()
+    lag = 0.0
+    for k, offset in enumerate(offsets):
+        scheduled = start + offset
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag = max(lag, time.perf_counter() - scheduled)
+        index = k % len(bodies)
+        tasks.append(asyncio.create_task(_send(client, url, bodies[index], result, index, scheduled)))
+    await asyncio.gather(*tasks)
+    result.elapsed_s = time.perf_counter() - start
+    result.client_cpu_s = _cpu_s() - cpu0
+    result.max_send_lag_ms = lag * 1000.0
+    return result
+
+
+async def run_spec(spec: dict[str, Any]) -> list[RunResult]:
+    import httpx
+
+    url: str = spec["url"]
+    bodies = [json.dumps({"text": t}).encode("utf-8") for t in spec["texts"]]
+    results = []
+    for run in spec["runs"]:
+        connections = run["concurrency"] if run["mode"] == "closed" else OPEN_LOOP_MAX_CONNECTIONS
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+            if run["mode"] == "closed":
+                result = await closed_loop(
+                    client,
+                    url,
+                    bodies,
+                    name=run["name"],
+                    concurrency=run["concurrency"],
+                    max_requests=run["max_requests"],
+                    duration_s=run["duration_s"],
+                    warmup=run.get("warmup", 0),
+                )
+            else:
+                result = await open_loop(
+                    client,
+                    url,
+                    bodies,
+                    name=run["name"],
+                    rate=run["rate"],
+                    max_requests=run["max_requests"],
+                    duration_s=run["duration_s"],
+                    seed=run.get("seed", 0),
+                    arrivals=run.get("arrivals", "poisson"),
+                )
+        ok = sum(1 for r in result.records if r[1] == 200)
+        print(
+            f"[loadgen] {result.name}: {ok}/{len(result.records)} ok in {result.elapsed_s:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m inference_server.bench.loadgen SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(args[0]).read_text())
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional: the standard loop works, at a little more client CPU
+        runner = asyncio.run
+    results = runner(run_spec(spec))
+    Path(args[1]).write_text(json.dumps({"runs": [r.to_dict() for r in results]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

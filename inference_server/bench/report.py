@@ -1,0 +1,501 @@
+"""Targets (pass/miss) and the Markdown report of one benchmark run (pure: data in, text out)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_server.bench.inprocess import Ceiling, Quality
+from inference_server.bench.stats import RunSummary
+
+VARIANTS = ("naive", "fp32", "int8")
+VARIANT_TITLES = {
+    "naive": "(a) naive `pipeline` app",
+    "fp32": "(c) sentiment-server fp32",
+    "int8": "(d) sentiment-server INT8",
+}
+LENGTHS = ("short", "long")
+TARGET_CONCURRENCY = 32
+OVERHEAD_BUDGET_MS = 2.0
+FINDINGS_START = "<!-- findings:start (hand-written; kept when the report is regenerated) -->"
+FINDINGS_END = "<!-- findings:end -->"
+SECTIONS = (
+    "## Targets",
+    "## Setup",
+    "## Closed loop: throughput and latency",
+    "## Open loop at 75% of maximum throughput",
+    "## Raw model ceiling (b)",
+    "## Per-request overhead at concurrency 1",
+    "## Accuracy: fp32 vs INT8",
+    "## Findings",
+    "## Reproduce",
+)
+
+
+@dataclass(frozen=True)
+class ClosedRun:
+    variant: str
+    length: str
+    concurrency: int
+    summary: RunSummary
+    server_p50_ms: float | None  # the server's own latency_ms (middleware to response), median
+    client_cpu_share: float  # client CPU seconds / wall seconds (1.0 = one core)
+    agreement: float | None  # share of answers matching the in-process prediction of the same model
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    variant: str
+    length: str
+    rate: float
+    summary: RunSummary
+    max_send_lag_ms: float
+    client_cpu_share: float
+
+
+@dataclass
+class BenchResults:
+    meta: dict[str, Any]
+    closed: list[ClosedRun] = field(default_factory=list)
+    open: list[OpenRun] = field(default_factory=list)
+    ceilings: list[Ceiling] = field(default_factory=list)
+    quality: Quality | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, variant: str, length: str, concurrency: int) -> ClosedRun | None:
+        for r in self.closed:
+            if (r.variant, r.length, r.concurrency) == (variant, length, concurrency):
+                return r
+        return None
+
+    def ceiling(self, precision: str, length: str) -> Ceiling | None:
+        for c in self.ceilings:
+            if (c.precision, c.length) == (precision, length):
+                return c
+        return None
+
+    def max_rps(self, variant: str, length: str) -> float:
+        rates = [r.summary.rps for r in self.closed if (r.variant, r.length) == (variant, length)]
+        return max(rates) if rates else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        def closed(r: ClosedRun) -> dict[str, Any]:
+            return {**r.__dict__, "summary": r.summary.to_dict()}
+
+        def opened(r: OpenRun) -> dict[str, Any]:
+            return {**r.__dict__, "summary": r.summary.to_dict()}
+
+        return {
+            "meta": self.meta,
+            "closed": [closed(r) for r in self.closed],
+            "open": [opened(r) for r in self.open],
+            "ceilings": [c.to_dict() for c in self.ceilings],
+            "quality": self.quality.to_dict() if self.quality else None,
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    required: str
+    measured: str
+    passed: bool | None  # None: could not be measured in this run
+
+
+# --- targets --------------------------------------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return math.nan
+    return a / b
+
+
+def _judge(value: float, ok: bool) -> bool | None:
+    return None if math.isnan(value) else ok
+
+
+def evaluate_targets(res: BenchResults) -> list[Target]:
+    out: list[Target] = []
+    c = TARGET_CONCURRENCY
+    for length in LENGTHS:
+        fp32 = res.run("fp32", length, c)
+        naive = res.run("naive", length, c)
+        int8 = res.run("int8", length, c)
+        ceil = res.ceiling("fp32", length)
+        fp32_rps = fp32.summary.rps if fp32 else None
+        r = _ratio(fp32_rps, naive.summary.rps if naive else None)
+        out.append(
+            Target(
+                f"fp32 server vs naive, c={c}, {length}",
+                "≥ 3.0×",
+                f"{r:.2f}× ({_f(fp32_rps)} vs {_f(naive.summary.rps if naive else None)} req/s)",
+                _judge(r, r >= 3.0),
+            )
+        )
+        r = _ratio(fp32_rps, ceil.best_sentences_per_s if ceil else None)
+        out.append(
+            Target(
+                f"fp32 server vs raw ceiling, c={c}, {length}",
+                "≥ 80%",
+                f"{r * 100:.0f}% ({_f(fp32_rps)} vs "
+                f"{_f(ceil.best_sentences_per_s if ceil else None)} sentences/s)",
+                _judge(r, r >= 0.8),
+            )
+        )
+        r = _ratio(int8.summary.rps if int8 else None, fp32_rps)
+        out.append(
+            Target(
+                f"INT8 vs fp32 server, c={c}, {length}",
+                "≥ 1.7×",
+                f"{r:.2f}× ({_f(int8.summary.rps if int8 else None)} vs {_f(fp32_rps)} req/s)",
+                _judge(r, r >= 1.7),
+            )
+        )
+    q = res.quality
+    if q is not None:
+        delta = (q.macro_f1_fp32 - q.macro_f1_int8) * 100.0
+        out.append(
+            Target(
+                "INT8 macro-F1 within 1 point of fp32 (test split)",
+                "drop ≤ 1.0 point",
+                f"{delta:+.2f} points ({q.macro_f1_fp32:.4f} → {q.macro_f1_int8:.4f}, {q.rows} sentences)",
+                delta <= 1.0,
+            )
+        )
+    else:
+        out.append(
+            Target(
+                "INT8 macro-F1 within 1 point of fp32 (test split)", "drop ≤ 1.0 point", "not measured", None
+            )
+        )
+    for length in LENGTHS:
+        overhead = overhead_ms(res, "fp32", length)
+        out.append(
+            Target(
+                f"server overhead at c=1 over the bare forward pass, fp32, {length}",
+                f"≤ {OVERHEAD_BUDGET_MS:.0f} ms",
+                f"{overhead:+.2f} ms (client-observed p50)",
+                _judge(overhead, overhead <= OVERHEAD_BUDGET_MS),
+            )
+        )
+    return out
+
+
+def overhead_ms(res: BenchResults, variant: str, length: str) -> float:
+    """Client-observed p50 at concurrency 1 minus the bare single-sentence forward p50 (same inputs)."""
+    run = res.run(variant, length, 1)
+    ceil = res.ceiling("int8" if variant == "int8" else "fp32", length)
+    if run is None or ceil is None:
+        return math.nan
+    return run.summary.p50_ms - ceil.batch1_p50_ms
+
+
+# --- rendering ------------------------------------------------------------------------------------
+def _f(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "**pass**", False: "**MISS**", None: "not measured"}[passed]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _targets_section(res: BenchResults) -> list[str]:
+    targets = evaluate_targets(res)
+    rows = [[t.name, t.required, t.measured, _verdict(t.passed)] for t in targets]
+    missed = sum(1 for t in targets if t.passed is False)
+    lines = ["## Targets", ""]
+    lines += _table(["target", "required", "measured", "verdict"], rows)
+    lines += [
+        "",
+        f"{len(targets) - missed} of {len(targets)} lines pass"
+        + (f"; {missed} missed — see Findings." if missed else "."),
+    ]
+    return lines
+
+
+def _setup_section(res: BenchResults) -> list[str]:
+    m = res.meta
+    machine = m.get("machine", {})
+    model = m.get("model", {})
+    inputs = m.get("inputs", {})
+    run = m.get("run", {})
+    lines = ["## Setup", ""]
+    lines += [
+        f"- Date: {m.get('date', '?')} (run took {_f(m.get('wall_s'), 0)} s)",
+        f"- Machine: {machine.get('cpu_model', '?')}, {machine.get('cpus', '?')} CPUs usable "
+        f"({machine.get('cpu_limit', 'no cgroup CPU quota')}), {machine.get('memory', '?')}; "
+        f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')}, "
+        f"transformers {machine.get('transformers', '?')}, tokenizers {machine.get('tokenizers', '?')}, "
+        f"uvicorn {machine.get('uvicorn', '?')}, httpx {machine.get('httpx', '?')}",
+        f"- Threads: sentiment-server and the in-process ceiling use {machine.get('torch_threads', '?')} "
+        "torch intra-op threads (from the CPU quota/affinity, `configure_torch_threads`), 1 inter-op thread, "
+        "one forward pass at a time; the naive app leaves torch's defaults "
+        f"({machine.get('torch_default_threads', '?')} intra-op threads per call) and runs each request in "
+        "Starlette's thread pool (up to 40 at once).",
+        f"- Load average (1/5/15 min): before {m.get('load_before', '?')}, after {m.get('load_after', '?')}"
+        f"; per variant: {m.get('load_per_variant', '?')}",
+        f"- Model: `{model.get('name', '?')}` ({model.get('kind', '?')}), labels {model.get('labels', '?')}",
+        f"- Inputs: {inputs.get('short_n', '?')} short texts (real test sentences, "
+        f"{_f(inputs.get('short_mean_tokens'))} tokens on average, {inputs.get('short_range', '?')}) and "
+        f"{inputs.get('long_n', '?')} long texts (consecutive test sentences joined, "
+        f"{_f(inputs.get('long_mean_tokens'))} tokens on average, {inputs.get('long_range', '?')}); "
+        "every variant gets the same texts in the same order.",
+        '- Transport: HTTP/1.1 keep-alive over loopback (127.0.0.1), JSON `{"text": …}` to `POST /infer`; '
+        "each server in its own process (uvicorn, one worker), started fresh and run one at a time.",
+        f"- Load generator: asyncio + httpx in a separate process ({run.get('loop', '?')} event loop). "
+        "**It shares the same CPUs with the server under test** (there is no other core to put it on); "
+        "its own CPU use is in the tables (client CPU, 1.0 = one core) and it is the same code for "
+        "every variant.",
+        f"- Closed loop: per cell up to {run.get('max_requests', '?')} requests or "
+        f"{run.get('duration_s', '?')} s, whichever comes first, after {run.get('warmup', '?')} discarded "
+        "warm-up requests; concurrency = number of client workers with one request in flight each.",
+        f"- Open loop: {run.get('arrivals', '?')} arrivals at 75% of the variant's best closed-loop "
+        f"throughput for {run.get('open_duration_s', '?')} s; latency is measured from the scheduled send "
+        "time (no coordinated omission).",
+        f"- Server settings: defaults (MAX_BATCH_SIZE {run.get('max_batch_size', '?')}, BATCH_WAIT_MS "
+        f"{run.get('batch_wait_ms', '?')}, MAX_BATCH_TOKENS {run.get('max_batch_tokens', '?')}, one JSON log "
+        "line per request to a file), no calibration file, no OTLP endpoint.",
+    ]
+    return lines
+
+
+def _closed_section(res: BenchResults, concurrencies: Sequence[int]) -> list[str]:
+    lines = ["## Closed loop: throughput and latency", ""]
+    for length in LENGTHS:
+        ceil = res.ceiling("fp32", length)
+        ceil8 = res.ceiling("int8", length)
+        lines += [f"### {length.capitalize()} inputs", ""]
+        rows = []
+        for c in concurrencies:
+            for v in VARIANTS:
+                r = res.run(v, length, c)
+                if r is None:
+                    continue
+                s = r.summary
+                rows.append(
+                    [
+                        str(c),
+                        VARIANT_TITLES[v],
+                        _f(s.rps),
+                        _f(s.p50_ms),
+                        _f(s.p95_ms),
+                        _f(s.p99_ms),
+                        f"{s.requests}" + (f" ({s.errors} errors)" if s.errors else ""),
+                        _f(r.server_p50_ms),
+                        _f(r.client_cpu_share, 2),
+                        "–" if r.agreement is None else f"{r.agreement * 100:.1f}%",
+                    ]
+                )
+        lines += _table(
+            [
+                "concurrency",
+                "variant",
+                "req/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "requests",
+                "server-side p50 ms",
+                "client CPU",
+                "same label as in-process",
+            ],
+            rows,
+        )
+        lines += [
+            "",
+            f"Ceiling (b) for comparison: fp32 {_f(ceil.best_sentences_per_s if ceil else None)} "
+            f"sentences/s (batch {ceil.best_batch_size if ceil else '–'}), INT8 "
+            f"{_f(ceil8.best_sentences_per_s if ceil8 else None)} sentences/s "
+            f"(batch {ceil8.best_batch_size if ceil8 else '–'}).",
+            "",
+        ]
+    return lines
+
+
+def _open_section(res: BenchResults) -> list[str]:
+    rows = []
+    for length in LENGTHS:
+        for v in VARIANTS:
+            for r in res.open:
+                if (r.variant, r.length) != (v, length):
+                    continue
+                s = r.summary
+                rows.append(
+                    [
+                        length,
+                        VARIANT_TITLES[v],
+                        _f(r.rate),
+                        _f(s.rps),
+                        _f(s.p50_ms),
+                        _f(s.p95_ms),
+                        _f(s.p99_ms),
+                        f"{s.requests}" + (f" ({s.errors} errors)" if s.errors else ""),
+                        _f(r.max_send_lag_ms),
+                        _f(r.client_cpu_share, 2),
+                    ]
+                )
+    lines = ["## Open loop at 75% of maximum throughput", ""]
+    lines += _table(
+        [
+            "inputs",
+            "variant",
+            "offered req/s",
+            "achieved req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "requests",
+            "max client send lag ms",
+            "client CPU",
+        ],
+        rows,
+    )
+    return [*lines, ""]
+
+
+def _ceiling_section(res: BenchResults) -> list[str]:
+    sizes = sorted({bs for c in res.ceilings for bs in c.sentences_per_s})
+    rows = [
+        [
+            c.precision,
+            c.length,
+            *[_f(c.sentences_per_s.get(bs)) for bs in sizes],
+            f"{c.best_batch_size}",
+            _f(c.batch1_p50_ms, 2),
+            _f(c.batch1_p95_ms, 2),
+        ]
+        for c in res.ceilings
+    ]
+    lines = [
+        "## Raw model ceiling (b)",
+        "",
+        "In-process `forward_ids` (the server's own forward call) on the same texts, pre-tokenised, "
+        "consecutive batches padded to their longest text; sentences/s by batch size.",
+        "",
+    ]
+    lines += _table(
+        ["precision", "inputs", *[f"bs {bs}" for bs in sizes], "best bs", "single p50 ms", "single p95 ms"],
+        rows,
+    )
+    return [*lines, ""]
+
+
+def _overhead_section(res: BenchResults) -> list[str]:
+    rows = []
+    for v in VARIANTS:
+        for length in LENGTHS:
+            run = res.run(v, length, 1)
+            ceil = res.ceiling("int8" if v == "int8" else "fp32", length)
+            if run is None or ceil is None:
+                continue
+            server_side = (run.server_p50_ms - ceil.batch1_p50_ms) if run.server_p50_ms is not None else None
+            rows.append(
+                [
+                    VARIANT_TITLES[v],
+                    length,
+                    _f(ceil.batch1_p50_ms, 2),
+                    _f(run.summary.p50_ms, 2),
+                    _f(overhead_ms(res, v, length), 2),
+                    _f(run.server_p50_ms, 2),
+                    _f(server_side, 2),
+                ]
+            )
+    lines = [
+        "## Per-request overhead at concurrency 1",
+        "",
+        "Bare forward pass = in-process single-sentence `forward_ids` p50 (fp32, or INT8 for (d)). "
+        "Client-observed overhead includes HTTP on loopback, JSON, tokenisation and the client's own "
+        "time; server-side uses the `latency_ms` the server reports (from its first middleware to the "
+        "response), so it excludes the client and the socket.",
+        "",
+    ]
+    lines += _table(
+        [
+            "variant",
+            "inputs",
+            "bare forward p50 ms",
+            "HTTP p50 ms",
+            "overhead (client) ms",
+            "server-side p50 ms",
+            "overhead (server-side) ms",
+        ],
+        rows,
+    )
+    return [*lines, ""]
+
+
+def _quality_section(res: BenchResults) -> list[str]:
+    q = res.quality
+    lines = ["## Accuracy: fp32 vs INT8", ""]
+    if q is None:
+        return [*lines, "Not measured in this run.", ""]
+    lines += _table(
+        ["precision", "macro-F1", "accuracy"],
+        [
+            ["fp32", f"{q.macro_f1_fp32:.4f}", f"{q.accuracy_fp32:.4f}"],
+            ["INT8 (dynamic, Linear layers)", f"{q.macro_f1_int8:.4f}", f"{q.accuracy_int8:.4f}"],
+        ],
+    )
+    lines += [
+        "",
+        f"{q.rows} test-split sentences, predicted in-process through the runtime "
+        "(`load_model(quantized=…)` + `predict_logits`, the same quantization the server applies); "
+        f"fp32 and INT8 agree on {q.agreement * 100:.1f}% of them. The closed-loop tables also check "
+        "that every server answer matches the in-process label for the same text.",
+        "",
+    ]
+    return lines
+
+
+def _findings_section(previous: str | None) -> list[str]:
+    kept = extract_findings(previous) if previous else None
+    body = kept if kept is not None else "_No findings written yet for this run._"
+    return ["## Findings", "", FINDINGS_START, body, FINDINGS_END, ""]
+
+
+def extract_findings(previous: str) -> str | None:
+    match = re.search(re.escape(FINDINGS_START) + r"\n(.*?)\n?" + re.escape(FINDINGS_END), previous, re.S)
+    return match.group(1).strip("\n") if match else None
+
+
+def render_report(res: BenchResults, *, concurrencies: Sequence[int], previous: str | None = None) -> str:
+    """The whole report; ``previous`` (the old file) supplies the hand-written Findings to keep."""
+    lines = ["# Server benchmark", ""]
+    for note in res.notes:
+        lines += [f"> **{note}**", ""]
+    lines += [
+        f"Generated by `{res.meta.get('command', '?')}` on {res.meta.get('date', '?')}. "
+        "Raw figures: the JSON file next to this report.",
+        "",
+    ]
+    lines += [*_targets_section(res), ""]
+    lines += [*_setup_section(res), ""]
+    lines += _closed_section(res, concurrencies)
+    lines += _open_section(res)
+    lines += _ceiling_section(res)
+    lines += _overhead_section(res)
+    lines += _quality_section(res)
+    lines += _findings_section(previous)
+    lines += [
+        "## Reproduce",
+        "",
+        "```",
+        "make bench-server",
+        f"# = {res.meta.get('command', '?')}",
+        "```",
+        "",
+        "`--quick` runs a few requests per cell (the smoke test's mode: figures meaningless).",
+        "",
+    ]
+    return "\n".join(lines)

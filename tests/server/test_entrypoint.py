@@ -1,0 +1,82 @@
+"""`sentiment-server` end to end: HOST/PORT from the environment, refusal exit code, SIGTERM → exit 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inference_server import contract as c
+from inference_server.main import EXIT_REFUSED, main
+
+from .conftest import READY_TIMEOUT_S
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sha256_mismatch_exits_1_saying_why(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {
+        "MODEL_PATH": str(tiny_model_dir),
+        "MODEL_SHA256": "f" * 64,
+        "HOST": "127.0.0.1",
+        "PORT": str(_free_port()),
+        "FEEDBACK_DB_PATH": str(tmp_path / "fb.sqlite3"),
+        "LOG_LEVEL": "ERROR",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main([]) == EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert "refusing to serve" in err and "sha256" in err
+
+
+def test_serves_on_host_and_port_and_exits_0_on_sigterm(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MODEL_PATH": str(tiny_model_dir),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "FEEDBACK_DB_PATH": str(tmp_path / "fb.sqlite3"),
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference_server.main"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}{c.Path.READYZ}", timeout=5)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert ready is not None and ready.status_code == 200, (
+            proc.stdout.read() if proc.poll() is not None else ""
+        )
+        r = httpx.post(f"http://127.0.0.1:{port}{c.Path.INFER}", json={"text": "great"}, timeout=30)
+        assert r.json()["label"] == "positive"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
