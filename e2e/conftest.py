@@ -14,6 +14,7 @@ import re
 import secrets
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -58,7 +59,13 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     progress = _reporter(request.config)
     if os.environ.get("SENTIMENT_E2E_REUSE", "1") != "0":
         existing = launcher.running()
-        if existing is not None:
+        changed = launcher.stale_code(existing) if existing is not None else []
+        if changed:
+            progress(
+                f"not reusing the cluster in {existing.state_dir}: {changed[0].name} changed since it "
+                "started (`make cluster-down cluster-up` refreshes it); starting a fresh one"
+            )
+        elif existing is not None:
             progress(f"reusing the cluster of `make cluster-up` in {existing.state_dir}")
             try:
                 launcher.apply_project_crds(existing)
@@ -103,3 +110,11 @@ def namespace(request: pytest.FixtureRequest, k8s: client.ApiClient) -> Iterator
     finally:
         # Don't wait: the namespace controller and the pod runner finish it in the background.
         core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny classifier of tests/conftest.py, for e2e tests that deploy the real server."""
+    from inference_server.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

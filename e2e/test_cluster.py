@@ -25,6 +25,8 @@ from kubernetes import client
 from e2e.cluster import config, launcher, manifest, podsd, processes
 from e2e.cluster.launcher import Cluster
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 PINS = manifest.parse_pins(manifest.VERSIONS_ENV.read_text())
 GATEWAY_CRDS = (

@@ -7,6 +7,8 @@ time) and the ports chosen. `down` needs nothing but that directory.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -16,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +197,19 @@ def _write_files(b: Binaries, layout: Layout, ports: Ports) -> tuple[pki.Pki, di
     return keys, files
 
 
+@contextlib.contextmanager
+def _locked(root: Path, progress: Progress) -> Iterator[None]:
+    """One `up` or `down` at a time per state directory (two shells, two test sessions)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{root}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another start or stop of {root} to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 # --- start ----------------------------------------------------------------------------------------
 
 
@@ -256,13 +271,18 @@ def up(
     is usable: API ready, fake Node Ready, CRDs Established, controllers and Prometheus serving."""
     layout = Layout((state_dir or default_state_dir()).resolve())
     b = manifest.load()
+    with _locked(layout.root, progress):
+        return _up(b, layout, die_with_parent=die_with_parent, progress=progress)
+
+
+def _up(b: Binaries, layout: Layout, *, die_with_parent: bool, progress: Progress) -> Cluster:
     existing = running(layout.root)
     if existing is not None:
         progress(f"already running in {layout.root} (server {existing.server})")
         return existing
     if _read_state(layout).get("processes"):
         progress(f"cleaning up a stopped or half-started cluster in {layout.root}")
-        down(layout.root, progress=progress)
+        _down(layout, progress=progress)
     t0 = time.monotonic()
     _prepare_dir(layout.root)
     ports = choose_ports()
@@ -281,6 +301,7 @@ def up(
         "processes": [],
         "ready": False,
         "owner_pid": os.getpid() if die_with_parent else None,
+        "started_at": time.time(),
     }
     _write_state(layout, state)
     starter = _Starter(layout, keys, state, die_with_parent)
@@ -318,25 +339,28 @@ def _start_all(
     starter.wait(apiserver, starter.spawn(apiserver))
     step(f"kube-apiserver {b.versions.get('kubernetes', '')} ready")
 
+    # Everything but the controller-manager starts now, so that its start-up (Python imports for
+    # the pod runner and the pod discovery) overlaps with applying the CRDs.
+    early = [
+        config.scheduler(b, layout, ports),
+        config.kwok(b, layout, ports),
+        config.pod_sd(sys.executable, layout, ports),
+        config.prometheus(b, layout, ports),
+    ]
+    if PODRUNNER_MAIN.exists():
+        early.append(config.podrunner(sys.executable, layout))
+    else:
+        progress(f"no pod runner ({PODRUNNER_MAIN} is missing): Pods will be scheduled but not run")
+    started = [(spec, starter.spawn(spec)) for spec in early]
     with client.ApiClient(_admin_configuration(layout.kubeconfig)) as api:
-        # CRDs first, while nothing else talks to the API server: every CRD added later would make
-        # the controller-manager's garbage collector and quota controllers rediscover and resync.
         bootstrap.create_node(api, config.node_manifest())
         docs = crd_documents(b)
-        bootstrap.apply(api, docs, layout.root / "discovery-cache.json")
+        bootstrap.apply(api, docs)
         step(f"applied {len(docs)} manifests (our CRDs, Gateway API {b.versions.get('gateway_api', '')})")
-        rest = [
-            config.controller_manager(b, layout, ports, files),
-            config.scheduler(b, layout, ports),
-            config.kwok(b, layout, ports),
-            config.pod_sd(sys.executable, layout, ports),
-            config.prometheus(b, layout, ports),
-        ]
-        if PODRUNNER_MAIN.exists():
-            rest.append(config.podrunner(sys.executable, layout))
-        else:
-            progress(f"no pod runner ({PODRUNNER_MAIN} is missing): Pods will be scheduled but not run")
-        started = [(spec, starter.spawn(spec)) for spec in rest]
+        # The controller-manager after the CRDs: every CRD added later would make its garbage
+        # collector and quota controllers rediscover and resync.
+        kcm = config.controller_manager(b, layout, ports, files)
+        started.append((kcm, starter.spawn(kcm)))
         for spec, proc in started:
             starter.wait(spec, proc)
             step(f"{spec.name} ready")
@@ -365,7 +389,7 @@ def apply_project_crds(cluster: Cluster) -> list[str]:
     if not docs:
         return []
     with client.ApiClient(_admin_configuration(cluster.kubeconfig)) as api:
-        bootstrap.apply(api, docs, cluster.state_dir / "discovery-cache.json")
+        bootstrap.apply(api, docs)
         names = bootstrap.crd_names(docs)
         bootstrap.wait_established(api, names)
     return names
@@ -392,10 +416,23 @@ def running(state_dir: Path | None = None) -> Cluster | None:
     return cluster if ok else None
 
 
+def stale_code(cluster: Cluster) -> list[Path]:
+    """Sources of the processes we run from this repository (pod runner, pod discovery) changed
+    since `cluster` started: reusing it would test yesterday's code."""
+    started = float(_read_state(Layout(cluster.state_dir)).get("started_at") or 0)
+    sources = [*(REPO / "e2e" / "podrunner").rglob("*.py"), *(REPO / "e2e" / "cluster").rglob("*.py")]
+    return [path for path in sources if path.stat().st_mtime > started]
+
+
 def down(state_dir: Path | None = None, *, progress: Progress = log_line) -> list[str]:
     """Stop every process of the cluster in `state_dir`; returns problems (ports still listening,
     processes that had to be killed). The directory stays, for its logs."""
     layout = Layout((state_dir or default_state_dir()).resolve())
+    with _locked(layout.root, progress):
+        return _down(layout, progress=progress)
+
+
+def _down(layout: Layout, *, progress: Progress) -> list[str]:
     state = _read_state(layout)
     records = _records(state)
     live = [r for r in records if processes.is_alive(r)]

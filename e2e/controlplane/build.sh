@@ -43,6 +43,11 @@ if ! printf '%s\n%s\n' "go${GO_MIN_VERSION}" "$go_version" | sort -V -C; then
   die "Go ${go_version} is too old: these modules need Go >= ${GO_MIN_VERSION}"
 fi
 mkdir -p "$cache"
+# One build at a time per cache (two shells, a test run and `make cluster-up`); after the lock,
+# leftovers of an interrupted build are safe to remove.
+exec 9>"$cache/.build.lock"
+if ! flock -n 9; then log "waiting for another build.sh on $cache to finish"; flock 9; fi
+rm -rf "$cache"/*.tmp.*
 scratch="$(mktemp -d)"   # generated wrapper modules; go build's own temp dirs live in $outdir.tmp.*
 trap 'rm -rf "$scratch"' EXIT
 

@@ -42,9 +42,10 @@ def load_endpoint(kubeconfig: str) -> Endpoint:
     configuration = client.Configuration()
     config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
     # Bearer tokens (static or from an exec plugin) appear among the client's auth settings.
+    settings: dict[str, dict[str, Any]] = dict(configuration.auth_settings())  # type: ignore[arg-type]
     headers = {
-        setting["key"].title(): str(setting["value"])
-        for setting in configuration.auth_settings().values()
+        str(setting["key"]).title(): str(setting["value"])
+        for setting in settings.values()
         if setting.get("in") == "header" and setting.get("value")
     }
     verify: ssl.SSLContext | bool

@@ -62,7 +62,8 @@ async def _tcp(
 ) -> tuple[bool, str]:
     host = sock.get("host") or pod_ip
     port = resolve_port(sock.get("port", 0), container)
-    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    async with asyncio.timeout(timeout):
+        _, writer = await asyncio.open_connection(host, port)
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -82,11 +83,14 @@ async def _exec(command: list[str], env: Mapping[str, str], cwd: str, timeout: f
         start_new_session=True,
     )
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            output, _ = await proc.communicate()
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
         return False, f"exec probe timed out after {timeout:g}s"
+    finally:
+        if proc.returncode is None:  # timed out, or the container stopped while probing
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
     text = output.decode("utf-8", "replace").strip()[-500:]
     return proc.returncode == 0, f"exit {proc.returncode}: {text}"

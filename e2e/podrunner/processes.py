@@ -89,7 +89,8 @@ class ContainerProcess:
             return
         self._signal_group(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace_s)
+            async with asyncio.timeout(grace_s):
+                await self.proc.wait()
         except TimeoutError:
             log.info("pid %d ignored SIGTERM for %.0fs: SIGKILL", self.pid, grace_s)
         self._signal_group(signal.SIGKILL)

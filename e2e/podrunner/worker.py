@@ -253,8 +253,11 @@ class PodWorker:
         return self.containers
 
     async def _sleep(self, timeout: float | None) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn a cancellation that races
+        # its timeout into TimeoutError, and the worker would then ignore the runner's shutdown.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.wake.wait()
         self.wake.clear()
 
     async def _until(self, condition: Any, timeout: float | None) -> None:

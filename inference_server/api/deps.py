@@ -30,7 +30,8 @@ class AppContext:
     background: list[Any] = field(default_factory=list)
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
+    # async on purpose: FastAPI runs plain-def dependencies in a thread pool, a costly hop per request.
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -51,7 +52,7 @@ def not_ready_error(state: ServerState) -> ApiError:
     )
 
 
-def ready_engine(ctx: Ctx) -> InferenceEngine:
+async def ready_engine(ctx: Ctx) -> InferenceEngine:
     """The engine, once warmed. While draining it still serves: a request already accepted finishes (the
     batcher itself refuses work, with 503 ``draining``, only once the lifespan has stopped it)."""
     state = ctx.state

@@ -11,12 +11,20 @@ from typing import Any
 from inference_server.bench.inprocess import Ceiling, Quality
 from inference_server.bench.stats import RunSummary
 
-VARIANTS = ("naive", "fp32", "int8")
+VARIANTS = ("naive", "fp32", "int8", "fp32-1t")
 VARIANT_TITLES = {
     "naive": "(a) naive `pipeline` app",
     "fp32": "(c) sentiment-server fp32",
     "int8": "(d) sentiment-server INT8",
+    # Optional (--variants): the same server with one intra-op thread, for the thread-count question.
+    "fp32-1t": "(c1) sentiment-server fp32, TORCH_THREADS=1",
 }
+
+
+def precision_of(variant: str) -> str:
+    return "int8" if variant.startswith("int8") else "fp32"
+
+
 LENGTHS = ("short", "long")
 TARGET_CONCURRENCY = 32
 OVERHEAD_BUDGET_MS = 2.0
@@ -187,7 +195,7 @@ def evaluate_targets(res: BenchResults) -> list[Target]:
 def overhead_ms(res: BenchResults, variant: str, length: str) -> float:
     """Client-observed p50 at concurrency 1 minus the bare single-sentence forward p50 (same inputs)."""
     run = res.run(variant, length, 1)
-    ceil = res.ceiling("int8" if variant == "int8" else "fp32", length)
+    ceil = res.ceiling(precision_of(variant), length)
     if run is None or ceil is None:
         return math.nan
     return run.summary.p50_ms - ceil.batch1_p50_ms
@@ -237,7 +245,7 @@ def _setup_section(res: BenchResults) -> list[str]:
         f"({machine.get('cpu_limit', 'no cgroup CPU quota')}), {machine.get('memory', '?')}; "
         f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')}, "
         f"transformers {machine.get('transformers', '?')}, tokenizers {machine.get('tokenizers', '?')}, "
-        f"uvicorn {machine.get('uvicorn', '?')}, httpx {machine.get('httpx', '?')}",
+        f"uvicorn {machine.get('uvicorn', '?')}, aiohttp {machine.get('aiohttp', '?')}",
         f"- Threads: sentiment-server and the in-process ceiling use {machine.get('torch_threads', '?')} "
         "torch intra-op threads (from the CPU quota/affinity, `configure_torch_threads`), 1 inter-op thread, "
         "one forward pass at a time; the naive app leaves torch's defaults "
@@ -253,7 +261,7 @@ def _setup_section(res: BenchResults) -> list[str]:
         "every variant gets the same texts in the same order.",
         '- Transport: HTTP/1.1 keep-alive over loopback (127.0.0.1), JSON `{"text": …}` to `POST /infer`; '
         "each server in its own process (uvicorn, one worker), started fresh and run one at a time.",
-        f"- Load generator: asyncio + httpx in a separate process ({run.get('loop', '?')} event loop). "
+        f"- Load generator: aiohttp in a separate process ({run.get('loop', '?')} event loop). "
         "**It shares the same CPUs with the server under test** (there is no other core to put it on); "
         "its own CPU use is in the tables (client CPU, 1.0 = one core) and it is the same code for "
         "every variant.",
@@ -396,7 +404,7 @@ def _overhead_section(res: BenchResults) -> list[str]:
     for v in VARIANTS:
         for length in LENGTHS:
             run = res.run(v, length, 1)
-            ceil = res.ceiling("int8" if v == "int8" else "fp32", length)
+            ceil = res.ceiling(precision_of(v), length)
             if run is None or ceil is None:
                 continue
             server_side = (run.server_p50_ms - ceil.batch1_p50_ms) if run.server_p50_ms is not None else None

@@ -33,12 +33,22 @@ from pathlib import Path
 from typing import Any
 
 from inference_server.bench.inputs import InputSet, join_long, joined_text, select_short
-from inference_server.bench.report import VARIANT_TITLES, BenchResults, ClosedRun, OpenRun, render_report
+from inference_server.bench.report import (
+    VARIANT_TITLES,
+    BenchResults,
+    ClosedRun,
+    OpenRun,
+    precision_of,
+    render_report,
+)
 from inference_server.bench.stats import summarise
+from inference_server.contract import Env
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 OPEN_LOOP_LOAD = 0.75
 DEFAULT_REPORT = Path("docs/reports/server-benchmark.md")
+SHORT_TOKENS = 25
+LONG_TOKENS = (110, 130)
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,8 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(
-    duration_s=1.5,
-    max_requests=24,
+    duration_s=1.0,
+    max_requests=16,
     min_warmup=2,
     open_duration_s=1.0,
     ceiling_batch_sizes=(1, 8),
@@ -79,8 +89,6 @@ def log(message: str) -> None:
 # --- model and inputs ------------------------------------------------------------------------------
 def resolve_model(args: argparse.Namespace, workdir: Path, notes: list[str]) -> tuple[Path, str]:
     if args.model is not None:
-        if not args.model.is_dir():
-            raise SystemExit(f"server_bench: --model {args.model} is not a directory; pass a model directory")
         return args.model, "given with --model"
     from inference_server.ml.default_model import default_model_dir
 
@@ -109,19 +117,25 @@ def load_inputs(
     test = load_split(root, dataset, "test")
     texts = [e.text for e in test]
     tokens = count_tokens(model, texts)
-    short_idx = select_short(tokens, limit=plan.short_n)
+    short_idx = select_short(tokens, target=SHORT_TOKENS, limit=plan.short_n)
     short = InputSet(
         "short",
         tuple(texts[i] for i in short_idx),
         tuple(test[i].label for i in short_idx),
         tuple(tokens[i] for i in short_idx),
     )
-    groups = join_long(tokens, limit=plan.long_n)
-    long_texts = [joined_text(texts, g) for g in groups]
+    # ~120 tokens, but never past what the server accepts (MAX_TOKENS, or the model's own limit).
+    high = min(LONG_TOKENS[1], model.max_tokens)
+    groups = join_long(tokens, low=min(LONG_TOKENS[0], high - 20), high=high, limit=plan.long_n)
+    joined = [joined_text(texts, g) for g in groups]
+    long_texts = [(t, n) for t, n in zip(joined, count_tokens(model, joined), strict=True) if n <= high]
     if not short.texts or not long_texts:
         raise SystemExit(f"server_bench: the test split of {dataset!r} is too small to pick inputs from")
     long = InputSet(
-        "long", tuple(long_texts), tuple(None for _ in long_texts), tuple(count_tokens(model, long_texts))
+        "long",
+        tuple(t for t, _ in long_texts),
+        tuple(None for _ in long_texts),
+        tuple(n for _, n in long_texts),
     )
     return short, long, test
 
@@ -173,7 +187,7 @@ def machine_info(torch_default_threads: int, torch_threads: int) -> dict[str, An
         "transformers": _version("transformers"),
         "tokenizers": _version("tokenizers"),
         "uvicorn": _version("uvicorn"),
-        "httpx": _version("httpx"),
+        "aiohttp": _version("aiohttp"),
         "torch_threads": torch_threads,
         "torch_default_threads": torch_default_threads,
     }
@@ -333,7 +347,14 @@ def _server(variant: str, model_dir: Path, workdir: Path) -> AbstractContextMana
 
     if variant == "naive":
         return naive_server("bench-naive", model_dir, workdir=workdir)
-    return sentiment_server(f"bench-{variant}", model_dir, quantized=variant == "int8", workdir=workdir)
+    extra = {str(Env.TORCH_THREADS): "1"} if variant.endswith("-1t") else None
+    return sentiment_server(
+        f"bench-{variant}",
+        model_dir,
+        quantized=precision_of(variant) == "int8",
+        workdir=workdir,
+        extra_env=extra,
+    )
 
 
 def bench_variant(
@@ -351,7 +372,7 @@ def bench_variant(
         log(f"{VARIANT_TITLES[variant]} ready after {server.started_s:.1f}s at {server.base_url}")
         res.meta.setdefault("startup_s", {})[variant] = round(server.started_s, 1)
         url = server.base_url + "/infer"
-        precision = "int8" if variant == "int8" else "fp32"
+        precision = precision_of(variant)
         for s in inputs:
             res.closed += closed_runs(variant, url, s, expected[(precision, s.name)], plan, workdir)
             rate = OPEN_LOOP_LOAD * res.max_rps(variant, s.name)
@@ -384,7 +405,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset", default="rotten_tomatoes", help="dataset whose test split supplies the inputs"
     )
-    p.add_argument("--variants", default="naive,fp32,int8", help="comma-separated subset of naive,fp32,int8")
+    p.add_argument(
+        "--variants",
+        default="naive,fp32,int8",
+        help="comma-separated, from naive,fp32,int8,fp32-1t (fp32 with TORCH_THREADS=1)",
+    )
     p.add_argument("--duration", type=float, default=None, help="seconds per closed-loop cell (bound)")
     p.add_argument("--max-requests", type=int, default=None, help="requests per cell (bound)")
     p.add_argument("--open-duration", type=float, default=None, help="seconds of each open-loop run")
@@ -411,7 +436,9 @@ def _variants(text: str) -> list[str]:
     chosen = [v.strip() for v in text.split(",") if v.strip()]
     unknown = sorted(set(chosen) - set(VARIANT_TITLES))
     if unknown or not chosen:
-        raise SystemExit(f"server_bench: --variants takes a subset of naive,fp32,int8 (got {text!r})")
+        raise SystemExit(
+            f"server_bench: --variants takes names from {','.join(VARIANT_TITLES)} (got {text!r})"
+        )
     return [v for v in VARIANT_TITLES if v in chosen]
 
 
@@ -429,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         variants = _variants(args.variants)
+        if args.model is not None and not args.model.is_dir():
+            raise SystemExit(f"server_bench: --model {args.model} is not a directory; pass a model directory")
         plan = _plan(args)
         with _workdir(args) as workdir:
             return _run(args, plan, variants, workdir)

@@ -87,3 +87,18 @@ async def test_an_expired_watch_lists_again_and_keeps_going(tmp_path: Path) -> N
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await runner._stop_workers()
+
+
+def test_kubeconfig_bearer_token_becomes_a_header(tmp_path: Path) -> None:
+    from e2e.podrunner.kube import load_endpoint
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: s3cret}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    endpoint = load_endpoint(str(kubeconfig))
+    assert endpoint.headers == {"Authorization": "Bearer s3cret"}
+    assert endpoint.host_port == ("127.0.0.1", 6443)

@@ -184,3 +184,30 @@ async def test_failing_liveness_probe_restarts_the_container(harness) -> None:
     await eventually(lambda: "terminated" in last_state(), "a liveness kill")
     assert "Liveness probe failed" in last_state()["terminated"]["message"]
     assert last_state()["terminated"]["exitCode"] == 143  # SIGTERM
+
+
+async def test_exec_probe_timeout_is_a_failure_and_kills_the_probe(tmp_path: Path) -> None:
+    from e2e.podrunner.probes import ProbeKind, ProbeSpec
+    from e2e.podrunner.probing import run_probe
+
+    spec = ProbeSpec.parse(ProbeKind.READINESS, {"exec": {"command": ["sleep", "30"]}, "timeoutSeconds": 0.2})
+    assert spec is not None
+    async with httpx.AsyncClient(trust_env=False) as client:
+        ok, message = await run_probe(
+            spec,
+            container={"name": "c"},
+            pod_ip="127.10.0.1",
+            env={"PATH": "/usr/bin:/bin"},
+            cwd=str(tmp_path),
+            client=client,
+        )
+        assert not ok and "timed out" in message
+        ok, message = await run_probe(
+            ProbeSpec(ProbeKind.READINESS, {"tcpSocket": {"port": 1}}),
+            container={"name": "c"},
+            pod_ip="127.10.0.1",
+            env={},
+            cwd=str(tmp_path),
+            client=client,
+        )
+        assert not ok and "ConnectionRefusedError" in message

@@ -1,0 +1,179 @@
+"""The benchmark harness's pure parts: percentiles, summaries, arrival schedules, input selection,
+targets and report rendering. No timings are asserted anywhere."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+
+from inference_server.bench.inprocess import Ceiling, Quality
+from inference_server.bench.inputs import SPECIAL_TOKENS, join_long, joined_text, select_short
+from inference_server.bench.report import (
+    FINDINGS_END,
+    FINDINGS_START,
+    SECTIONS,
+    BenchResults,
+    ClosedRun,
+    OpenRun,
+    evaluate_targets,
+    extract_findings,
+    render_report,
+)
+from inference_server.bench.schedule import arrival_offsets
+from inference_server.bench.stats import RunSummary, percentile, summarise
+
+
+# --- percentiles and summaries ------------------------------------------------------------------------
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 99.9, 100])
+def test_percentile_matches_numpy_linear_interpolation(q: float) -> None:
+    rng = random.Random(7)
+    values = [rng.expovariate(1 / 20) for _ in range(1001)]
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_edge_cases() -> None:
+    assert math.isnan(percentile([], 50))
+    assert percentile([4.0], 99) == 4.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0  # unsorted input
+    with pytest.raises(ValueError, match="within"):
+        percentile([1.0], 101)
+
+
+def test_summarise_counts_successes_only_and_converts_to_ms() -> None:
+    s = summarise([0.010, 0.020, 0.030, 0.040], errors=3, elapsed_s=2.0)
+    assert (s.requests, s.errors) == (4, 3)
+    assert s.rps == pytest.approx(2.0)
+    assert s.p50_ms == pytest.approx(25.0)
+    assert s.mean_ms == pytest.approx(25.0)
+    assert RunSummary.from_dict(s.to_dict()) == s
+
+
+def test_summarise_without_successes_is_nan_not_an_error() -> None:
+    s = summarise([], errors=5, elapsed_s=1.0)
+    assert s.requests == 0 and s.rps == 0.0 and math.isnan(s.p95_ms)
+
+
+# --- open-loop schedule ---------------------------------------------------------------------------------
+def test_fixed_arrivals_are_evenly_spaced() -> None:
+    assert arrival_offsets(4.0, 5, arrivals="fixed") == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_poisson_arrivals_are_seeded_ascending_and_at_the_rate() -> None:
+    a = arrival_offsets(50.0, 20_000, seed=3)
+    assert a == arrival_offsets(50.0, 20_000, seed=3)
+    assert a != arrival_offsets(50.0, 20_000, seed=4)
+    assert a[0] == 0.0 and all(x < y for x, y in itertools.pairwise(a))
+    gaps = np.diff(a)
+    assert gaps.mean() == pytest.approx(1 / 50.0, rel=0.03)
+    # exponential gaps: standard deviation equals the mean (a fixed schedule would have none)
+    assert gaps.std() == pytest.approx(gaps.mean(), rel=0.05)
+
+
+@pytest.mark.parametrize(("rate", "count", "arrivals"), [(0.0, 3, "poisson"), (-1.0, 3, "fixed"),
+                                                        (1.0, -1, "poisson"), (1.0, 3, "bursty")])
+def test_bad_schedules_are_refused(rate: float, count: int, arrivals: str) -> None:
+    with pytest.raises(ValueError):
+        arrival_offsets(rate, count, arrivals=arrivals)  # type: ignore[arg-type]
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+def test_select_short_takes_the_closest_to_target_in_dataset_order() -> None:
+    tokens = [10, 26, 40, 25, 24, 31, 25]
+    assert select_short(tokens, target=25, limit=2) == [3, 6]
+    assert select_short(tokens, target=25, limit=3) == [1, 3, 6]  # ties at distance 1: earlier first
+    assert select_short(tokens, target=25, limit=5) == [1, 3, 4, 5, 6]
+
+
+def test_join_long_groups_consecutive_sentences_within_the_band() -> None:
+    rng = random.Random(0)
+    tokens = [rng.randint(8, 45) for _ in range(400)] + [300]  # the last one alone overshoots
+    groups = join_long(tokens, low=110, high=130, limit=1000)
+    assert groups
+    used = [i for g in groups for i in g]
+    assert len(used) == len(set(used))  # no sentence used twice
+    for g in groups:
+        assert g == list(range(g[0], g[-1] + 1))  # consecutive
+        joined = SPECIAL_TOKENS + sum(tokens[i] - SPECIAL_TOKENS for i in g)
+        assert 110 <= joined <= 130
+    assert 400 not in used
+    assert len(join_long(tokens, limit=2)) == 2
+
+
+def test_joined_text_uses_spaces() -> None:
+    assert joined_text(["a b.", "c!", "d"], [0, 1]) == "a b. c!"
+
+
+# --- targets and report ---------------------------------------------------------------------------------
+def _summary(rps: float, p50: float = 10.0) -> RunSummary:
+    return RunSummary(requests=100, errors=0, elapsed_s=100 / rps, rps=rps, p50_ms=p50, p95_ms=p50 * 2,
+                      p99_ms=p50 * 3, mean_ms=p50)
+
+
+def _results(*, fp32_rps: float, naive_rps: float, int8_rps: float, ceiling: float,
+             fp32_c1_p50: float, bare_p50: float, f1: tuple[float, float]) -> BenchResults:
+    res = BenchResults(meta={"date": "2026-11-28 17:00 UTC", "command": "python -m x --report r.md",
+                             "machine": {"cpu_model": "Test CPU", "cpus": 2}})
+    for length in ("short", "long"):
+        for variant, rps in (("naive", naive_rps), ("fp32", fp32_rps), ("int8", int8_rps)):
+            for c in (1, 8, 32, 64):
+                p50 = fp32_c1_p50 if (variant, c) == ("fp32", 1) else 20.0
+                res.closed.append(ClosedRun(variant, length, c, _summary(rps, p50), p50 - 1, 0.05, 1.0))
+            res.open.append(OpenRun(variant, length, 0.75 * rps, _summary(0.75 * rps), 1.0, 0.02))
+        for precision in ("fp32", "int8"):
+            res.ceilings.append(Ceiling(precision, length, {1: ceiling / 3, 32: ceiling}, 32, ceiling,
+                                        bare_p50, bare_p50 * 1.2))
+    res.quality = Quality(rows=1000, macro_f1_fp32=f1[0], macro_f1_int8=f1[1], accuracy_fp32=f1[0],
+                          accuracy_int8=f1[1], agreement=0.97)
+    return res
+
+
+def test_targets_pass_when_every_line_is_met() -> None:
+    res = _results(fp32_rps=100, naive_rps=30, int8_rps=180, ceiling=110, fp32_c1_p50=19.5, bare_p50=18.0,
+                   f1=(0.84, 0.835))
+    targets = evaluate_targets(res)
+    assert len(targets) == 9
+    assert all(t.passed for t in targets), [t for t in targets if not t.passed]
+
+
+def test_targets_miss_each_line_independently() -> None:
+    res = _results(fp32_rps=100, naive_rps=40, int8_rps=150, ceiling=130, fp32_c1_p50=21.0, bare_p50=18.0,
+                   f1=(0.84, 0.825))
+    verdicts = {t.name: t.passed for t in evaluate_targets(res)}
+    assert verdicts["fp32 server vs naive, c=32, short"] is False  # 2.5×
+    assert verdicts["fp32 server vs raw ceiling, c=32, short"] is False  # 77%
+    assert verdicts["INT8 vs fp32 server, c=32, long"] is False  # 1.5×
+    assert verdicts["INT8 macro-F1 within 1 point of fp32 (test split)"] is False  # 1.5 points
+    assert verdicts["server overhead at c=1 over the bare forward pass, fp32, short"] is False  # 3 ms
+
+
+def test_targets_without_data_are_not_measured_rather_than_passed() -> None:
+    targets = evaluate_targets(BenchResults(meta={}))
+    assert targets and all(t.passed is None for t in targets)
+
+
+def test_report_has_every_section_and_the_figures() -> None:
+    res = _results(fp32_rps=100, naive_rps=30, int8_rps=180, ceiling=110, fp32_c1_p50=19.5, bare_p50=18.0,
+                   f1=(0.84, 0.835))
+    res.notes.append("THE DEFAULT MODEL IS NOT BUILT")
+    text = render_report(res, concurrencies=(1, 8, 32, 64))
+    for section in SECTIONS:
+        assert section in text
+    assert "> **THE DEFAULT MODEL IS NOT BUILT**" in text
+    assert "Test CPU" in text and "python -m x --report r.md" in text
+    assert "| 32 | (c) sentiment-server fp32 | 100.0 |" in text
+    assert "3.33× (100.0 vs 30.0 req/s)" in text
+    assert "9 of 9 lines pass." in text
+
+
+def test_report_keeps_hand_written_findings_when_regenerated() -> None:
+    res = _results(fp32_rps=100, naive_rps=30, int8_rps=180, ceiling=110, fp32_c1_p50=19.5, bare_p50=18.0,
+                   f1=(0.84, 0.835))
+    first = render_report(res, concurrencies=(1, 8, 32, 64))
+    assert extract_findings(first) == "_No findings written yet for this run._"
+    edited = first.replace("_No findings written yet for this run._", "- The batcher wins.\n- Second line.")
+    again = render_report(res, concurrencies=(1, 8, 32, 64), previous=edited)
+    assert f"{FINDINGS_START}\n- The batcher wins.\n- Second line.\n{FINDINGS_END}" in again
