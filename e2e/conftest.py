@@ -14,7 +14,6 @@ import re
 import secrets
 import signal
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -111,10 +110,3 @@ def namespace(request: pytest.FixtureRequest, k8s: client.ApiClient) -> Iterator
         # Don't wait: the namespace controller and the pod runner finish it in the background.
         core.delete_namespace(name, propagation_policy="Background")
 
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny classifier of tests/conftest.py, for e2e tests that deploy the real server."""
-    from inference_server.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit and API tests."""
+"""Fixtures shared by every test tree (tests/ and e2e/)."""
 
 from __future__ import annotations
 
