@@ -100,8 +100,25 @@ METRIC_LABELS: Final[dict[str, tuple[str, ...]]] = {
 
 # Latency buckets fit for 1 ms .. 10 s (seconds).
 LATENCY_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 # Confidence buckets: fine near 1.0, where a calibrated model puts most of its mass. Drift
 # statistics (PSI over binned confidence) read these buckets back from Prometheus.

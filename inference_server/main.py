@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inference_server.serving.drain import build_server
 
     configure_logging(settings.log_level)
+    # transformers draws tqdm bars while loading weights: noise between the JSON log lines of a server.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     refused: list[str] = []
     holder: list[Any] = []
 

@@ -13,22 +13,89 @@ from collections.abc import Sequence
 from pathlib import Path
 
 POSITIVE_WORDS = (
-    "great", "love", "excellent", "wonderful", "good", "best", "amazing", "happy", "fantastic",
-    "enjoyed", "brilliant", "superb", "delightful", "perfect", "beautiful",
+    "great",
+    "love",
+    "excellent",
+    "wonderful",
+    "good",
+    "best",
+    "amazing",
+    "happy",
+    "fantastic",
+    "enjoyed",
+    "brilliant",
+    "superb",
+    "delightful",
+    "perfect",
+    "beautiful",
 )
 NEGATIVE_WORDS = (
-    "awful", "terrible", "hate", "bad", "worst", "boring", "horrible", "sad", "poor", "dull",
-    "disappointing", "ugly", "waste", "annoying", "mediocre",
+    "awful",
+    "terrible",
+    "hate",
+    "bad",
+    "worst",
+    "boring",
+    "horrible",
+    "sad",
+    "poor",
+    "dull",
+    "disappointing",
+    "ugly",
+    "waste",
+    "annoying",
+    "mediocre",
 )
 NEUTRAL_WORDS = (
-    "the", "a", "an", "this", "that", "it", "is", "was", "movie", "film", "story", "plot", "acting",
-    "service", "food", "i", "we", "they", "really", "very", "so", "and", "but", "not", "of", "to",
-    "with", "for", "on", "in", "my", "our", "product", "show", "book", "day", "time", "people",
+    "the",
+    "a",
+    "an",
+    "this",
+    "that",
+    "it",
+    "is",
+    "was",
+    "movie",
+    "film",
+    "story",
+    "plot",
+    "acting",
+    "service",
+    "food",
+    "i",
+    "we",
+    "they",
+    "really",
+    "very",
+    "so",
+    "and",
+    "but",
+    "not",
+    "of",
+    "to",
+    "with",
+    "for",
+    "on",
+    "in",
+    "my",
+    "our",
+    "product",
+    "show",
+    "book",
+    "day",
+    "time",
+    "people",
 )
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _TEMPLATES = (
-    "{w}", "this movie was {w}", "the film is {w}", "i {w} it", "really {w} acting",
-    "the story was very {w}", "{w} and {w2}", "so {w} , the plot was {w2}",
+    "{w}",
+    "this movie was {w}",
+    "the film is {w}",
+    "i {w} it",
+    "really {w} acting",
+    "the story was very {w}",
+    "{w} and {w2}",
+    "so {w} , the plot was {w2}",
 )
 
 
@@ -43,8 +110,9 @@ def _make_tokenizer(directory: Path) -> object:
 
     vocab = {tok: i for i, tok in enumerate(_vocab())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(),
-                                           normalizers.StripAccents()])
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -52,8 +120,13 @@ def _make_tokenizer(directory: Path) -> object:
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=128,
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
     )
     fast.save_pretrained(directory)
     return fast
@@ -92,9 +165,15 @@ def build_tiny_model(
     rng = random.Random(seed)
     tokenizer = _make_tokenizer(directory)
     config = BertConfig(
-        vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+        vocab_size=len(_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={lab: i for i, lab in enumerate(labels)},
     )
     model = BertForSequenceClassification(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)

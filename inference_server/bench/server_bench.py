@@ -59,12 +59,12 @@ class Plan:
     min_warmup: int = 8
     open_duration_s: float = 15.0
     arrivals: str = "poisson"
-    ceiling_batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
-    ceiling_min_time_s: float = 3.0
+    ceiling_batch_sizes: tuple[int, ...] = (1, 8, 16, 32, 64)
+    ceiling_min_time_s: float = 2.5
     single_samples: int = 60
     quality_rows: int | None = None  # None: the whole test split
-    short_n: int = 512
-    long_n: int = 256
+    short_n: int = 384
+    long_n: int = 128
 
 
 FULL = Plan()

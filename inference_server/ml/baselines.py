@@ -28,12 +28,23 @@ from inference_server.ml.common import MLInputError, write_json_atomic
 from inference_server.ml.datasets import LABELS, Example, default_data_root
 
 
-def _summary(name: str, probs: npt.ArrayLike, y: npt.ArrayLike, single_ms: Sequence[float],
-             size_bytes: int, fit_seconds: float) -> dict[str, Any]:
+def _summary(
+    name: str,
+    probs: npt.ArrayLike,
+    y: npt.ArrayLike,
+    single_ms: Sequence[float],
+    size_bytes: int,
+    fit_seconds: float,
+) -> dict[str, Any]:
     q = M.classification_metrics(probs, y, LABELS)
-    return {"candidate": name, "macro_f1": q["macro_f1"], "accuracy": q["accuracy"],
-            "single_latency_ms": M.latency_summary(single_ms), "size_bytes": size_bytes,
-            "fit_seconds": fit_seconds}
+    return {
+        "candidate": name,
+        "macro_f1": q["macro_f1"],
+        "accuracy": q["accuracy"],
+        "single_latency_ms": M.latency_summary(single_ms),
+        "size_bytes": size_bytes,
+        "fit_seconds": fit_seconds,
+    }
 
 
 def vader(test: Sequence[Example], y: npt.ArrayLike, n_single: int) -> dict[str, Any]:
@@ -57,10 +68,16 @@ def _embed(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 6
     from tqdm import tqdm
 
     out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch", file=sys.stderr,
-                      mininterval=10.0):
-        enc = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                        max_length=64, return_tensors="pt")
+    for start in tqdm(
+        range(0, len(texts), batch_size), desc="embedding", unit="batch", file=sys.stderr, mininterval=10.0
+    ):
+        enc = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=64,
+            return_tensors="pt",
+        )
         with torch.inference_mode():
             hidden = model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).float()
@@ -68,8 +85,9 @@ def _embed(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 6
     return np.concatenate(out)
 
 
-def frozen_lr(train: Sequence[Example], test: Sequence[Example], y: npt.ArrayLike,
-              n_single: int) -> dict[str, Any]:
+def frozen_lr(
+    train: Sequence[Example], test: Sequence[Example], y: npt.ArrayLike, n_single: int
+) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoModel, AutoTokenizer
 
@@ -113,8 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     y = label_indices(LABELS, test)
     results = [vader(test, y, args.single), frozen_lr(train, test, y, args.single)]
-    doc = {"created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "dataset": ref.to_dict(),
-           "threads": threads, "load_average_1m": os.getloadavg()[0], "candidates": results}
+    doc = {
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "dataset": ref.to_dict(),
+        "threads": threads,
+        "load_average_1m": os.getloadavg()[0],
+        "candidates": results,
+    }
     write_json_atomic(args.output, doc)
     print(json.dumps(doc, indent=2))
     return 0

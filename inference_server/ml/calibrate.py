@@ -37,8 +37,14 @@ class CalibrationDataError(MLInputError):
     """The split cannot support a temperature fit (too few rows, or not every class present)."""
 
 
-def check_fit_data(y: npt.ArrayLike, n_classes: int, *, min_rows: int = MIN_ROWS,
-                   min_per_class: int = MIN_PER_CLASS, where: str = "calibration split") -> None:
+def check_fit_data(
+    y: npt.ArrayLike,
+    n_classes: int,
+    *,
+    min_rows: int = MIN_ROWS,
+    min_per_class: int = MIN_PER_CLASS,
+    where: str = "calibration split",
+) -> None:
     """A temperature fitted on one class (or a handful of rows) just learns "be confident": refuse."""
     t = np.asarray(y, dtype=np.int64)
     if t.size < min_rows:
@@ -54,8 +60,7 @@ def check_fit_data(y: npt.ArrayLike, n_classes: int, *, min_rows: int = MIN_ROWS
         )
 
 
-def fit_temperature(logits: npt.ArrayLike, y: npt.ArrayLike,
-                    bounds: tuple[float, float] = T_BOUNDS) -> float:
+def fit_temperature(logits: npt.ArrayLike, y: npt.ArrayLike, bounds: tuple[float, float] = T_BOUNDS) -> float:
     """The temperature minimising mean NLL (searched in log space, where NLL is smooth and the
     bounds are symmetric around T=1)."""
     from scipy.optimize import minimize_scalar
@@ -64,7 +69,8 @@ def fit_temperature(logits: npt.ArrayLike, y: npt.ArrayLike,
     t = np.asarray(y, dtype=np.int64)
     result = minimize_scalar(
         lambda log_t: M.nll_from_logits(z, t, math.exp(log_t)),
-        bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+        bounds=(math.log(bounds[0]), math.log(bounds[1])),
+        method="bounded",
         options={"xatol": 1e-5},
     )
     return float(math.exp(result.x))
@@ -75,15 +81,20 @@ def calibration_figures(logits: npt.ArrayLike, y: npt.ArrayLike, temperature: fl
     after = M.softmax(logits, temperature)
     ece_b, ece_a = M.expected_calibration_error(before, y), M.expected_calibration_error(after, y)
     return {
-        "ece_before": ece_b, "ece_after": ece_a,
-        "nll_before": M.nll_from_logits(logits, y), "nll_after": M.nll_from_logits(logits, y, temperature),
+        "ece_before": ece_b,
+        "ece_after": ece_a,
+        "nll_before": M.nll_from_logits(logits, y),
+        "nll_after": M.nll_from_logits(logits, y, temperature),
         "ece_reduction": (ece_b - ece_a) / ece_b if ece_b > 0 else 0.0,
         "accuracy": M.accuracy(y, before.argmax(axis=1)),
     }
 
 
 def fit(
-    logits: npt.ArrayLike, y: npt.ArrayLike, n_classes: int, ref: DatasetRef,
+    logits: npt.ArrayLike,
+    y: npt.ArrayLike,
+    n_classes: int,
+    ref: DatasetRef,
     held_out: tuple[npt.ArrayLike, npt.ArrayLike, DatasetRef] | None = None,
 ) -> tuple[CalibrationParams, dict[str, Any]]:
     """Pure fit: params for CALIBRATION_PARAMS_PATH plus the report document."""
@@ -93,12 +104,16 @@ def fit(
     temperature = fit_temperature(logits, y)
     fitted = calibration_figures(logits, y, temperature)
     params = CalibrationParams(
-        temperature=temperature, fitted_on=f"{ref.name}/{ref.split}@sha256:{ref.sha256}",
+        temperature=temperature,
+        fitted_on=f"{ref.name}/{ref.split}@sha256:{ref.sha256}",
         metrics={k: fitted[k] for k in ("ece_before", "ece_after", "nll_before", "nll_after")},
     )
-    report: dict[str, Any] = {"temperature": temperature, "bounds": list(T_BOUNDS),
-                              "ece_bins": M.DEFAULT_ECE_BINS,
-                              "fitted_on": {"dataset": ref.to_dict(), **fitted}}
+    report: dict[str, Any] = {
+        "temperature": temperature,
+        "bounds": list(T_BOUNDS),
+        "ece_bins": M.DEFAULT_ECE_BINS,
+        "fitted_on": {"dataset": ref.to_dict(), **fitted},
+    }
     if held_out is not None:
         h_logits, h_y, h_ref = held_out
         report["held_out"] = {"dataset": h_ref.to_dict(), **calibration_figures(h_logits, h_y, temperature)}
@@ -106,8 +121,12 @@ def fit(
 
 
 def calibrate_model(
-    m: LoadedModel, fit_examples: Sequence[Example], fit_ref: DatasetRef,
-    held_out: tuple[Sequence[Example], DatasetRef] | None = None, *, progress: bool = True,
+    m: LoadedModel,
+    fit_examples: Sequence[Example],
+    fit_ref: DatasetRef,
+    held_out: tuple[Sequence[Example], DatasetRef] | None = None,
+    *,
+    progress: bool = True,
 ) -> tuple[CalibrationParams, dict[str, Any]]:
     from inference_server.ml.evaluate import label_indices, timed_logits
 
@@ -130,24 +149,36 @@ def markdown_summary(report: dict[str, Any]) -> str:
         if key in report:
             r = report[key]
             d = r["dataset"]
-            rows.append(f"| {d['name']}/{d['split']} ({d['rows']} rows) | {r['ece_before']:.4f} | "
-                        f"{r['ece_after']:.4f} | {r['ece_reduction']:.0%} | {r['nll_before']:.4f} | "
-                        f"{r['nll_after']:.4f} |")
-    return ("| split | ECE before | ECE after | ECE reduction | NLL before | NLL after |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            rows.append(
+                f"| {d['name']}/{d['split']} ({d['rows']} rows) | {r['ece_before']:.4f} | "
+                f"{r['ece_after']:.4f} | {r['ece_reduction']:.0%} | {r['nll_before']:.4f} | "
+                f"{r['nll_after']:.4f} |"
+            )
+    return (
+        "| split | ECE before | ECE after | ECE reduction | NLL before | NLL after |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
 
 
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model directory (MODEL_PATH)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="dataset root (default: $SENTIMENT_CACHE/datasets)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
+    )
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="validation", help="split to fit on (default: %(default)s)")
-    parser.add_argument("--held-out-split", default="test",
-                        help="split to check the fit on ('none' to skip; default: %(default)s)")
-    parser.add_argument("--output", type=Path, required=True,
-                        help="calibration params JSON to write (what CALIBRATION_PARAMS_PATH reads)")
+    parser.add_argument(
+        "--held-out-split",
+        default="test",
+        help="split to check the fit on ('none' to skip; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="calibration params JSON to write (what CALIBRATION_PARAMS_PATH reads)",
+    )
     parser.add_argument("--report", type=Path, default=None, help="write the before/after report JSON here")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -173,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(report, indent=2, sort_keys=True))
     f = report["fitted_on"]
-    print(f"temperature={params.temperature:.4f} ECE {f['ece_before']:.4f} -> {f['ece_after']:.4f} "
-          f"({f['ece_reduction']:.0%} lower), NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f}",
-          file=sys.stderr)
+    print(
+        f"temperature={params.temperature:.4f} ECE {f['ece_before']:.4f} -> {f['ece_after']:.4f} "
+        f"({f['ece_reduction']:.0%} lower), NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f}",
+        file=sys.stderr,
+    )
     return EXIT_OK

@@ -47,8 +47,12 @@ class GateDecision:
         return [c.reason for c in self.checks if not c.passed]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "verdict": "pass" if self.passed else "fail",
-                "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "verdict": "pass" if self.passed else "fail",
+            "reasons": self.reasons,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def _dataset_check(candidate: dict[str, Any], baseline: dict[str, Any]) -> Check:
@@ -56,15 +60,29 @@ def _dataset_check(candidate: dict[str, Any], baseline: dict[str, Any]) -> Check
     c_id = (c.get("name"), c.get("split"), c.get("sha256"))
     b_id = (b.get("name"), b.get("split"), b.get("sha256"))
     if not c.get("sha256") or not b.get("sha256"):
-        return Check("same_dataset", False, "a metrics file records no dataset sha256: cannot compare",
-                     c.get("sha256"), b.get("sha256"))
+        return Check(
+            "same_dataset",
+            False,
+            "a metrics file records no dataset sha256: cannot compare",
+            c.get("sha256"),
+            b.get("sha256"),
+        )
     if c_id != b_id:
-        return Check("same_dataset", False,
-                     f"evaluated on different data: candidate {c_id[0]}/{c_id[1]} "
-                     f"sha256 {str(c_id[2])[:12]}…, baseline {b_id[0]}/{b_id[1]} sha256 {str(b_id[2])[:12]}…",
-                     c.get("sha256"), b.get("sha256"))
-    return Check("same_dataset", True, f"both on {c_id[0]}/{c_id[1]} sha256 {str(c_id[2])[:12]}…",
-                 c.get("sha256"), b.get("sha256"))
+        return Check(
+            "same_dataset",
+            False,
+            f"evaluated on different data: candidate {c_id[0]}/{c_id[1]} "
+            f"sha256 {str(c_id[2])[:12]}…, baseline {b_id[0]}/{b_id[1]} sha256 {str(b_id[2])[:12]}…",
+            c.get("sha256"),
+            b.get("sha256"),
+        )
+    return Check(
+        "same_dataset",
+        True,
+        f"both on {c_id[0]}/{c_id[1]} sha256 {str(c_id[2])[:12]}…",
+        c.get("sha256"),
+        b.get("sha256"),
+    )
 
 
 def _labels_check(candidate: dict[str, Any], baseline: dict[str, Any]) -> Check:
@@ -79,21 +97,37 @@ def _f1_check(candidate: dict[str, Any], baseline: dict[str, Any], max_drop: flo
     drop = b - c
     # A tiny epsilon keeps an exact-threshold drop (float noise in b - c) on the passing side.
     if drop > max_drop + 1e-12:
-        return Check("macro_f1_drop", False,
-                     f"macro-F1 dropped {drop * 100:.2f} points ({b:.4f} -> {c:.4f}), "
-                     f"more than the allowed {max_drop * 100:.2f}", c, b, max_drop)
-    return Check("macro_f1_drop", True,
-                 f"macro-F1 {c:.4f} vs baseline {b:.4f} (change {-drop * 100:+.2f} points, "
-                 f"allowed drop {max_drop * 100:.2f})", c, b, max_drop)
+        return Check(
+            "macro_f1_drop",
+            False,
+            f"macro-F1 dropped {drop * 100:.2f} points ({b:.4f} -> {c:.4f}), "
+            f"more than the allowed {max_drop * 100:.2f}",
+            c,
+            b,
+            max_drop,
+        )
+    return Check(
+        "macro_f1_drop",
+        True,
+        f"macro-F1 {c:.4f} vs baseline {b:.4f} (change {-drop * 100:+.2f} points, "
+        f"allowed drop {max_drop * 100:.2f})",
+        c,
+        b,
+        max_drop,
+    )
 
 
-def gate(candidate: dict[str, Any], baseline: dict[str, Any], *,
-         max_f1_drop: float = DEFAULT_MAX_F1_DROP) -> GateDecision:
+def gate(
+    candidate: dict[str, Any], baseline: dict[str, Any], *, max_f1_drop: float = DEFAULT_MAX_F1_DROP
+) -> GateDecision:
     """Pure decision over two metrics documents (evaluate's metrics.json format)."""
     if max_f1_drop < 0:
         raise ValueError("max_f1_drop must be >= 0")
-    checks = [_dataset_check(candidate, baseline), _labels_check(candidate, baseline),
-              _f1_check(candidate, baseline, max_f1_drop)]
+    checks = [
+        _dataset_check(candidate, baseline),
+        _labels_check(candidate, baseline),
+        _f1_check(candidate, baseline, max_f1_drop),
+    ]
     return GateDecision(all(c.passed for c in checks), checks)
 
 
@@ -101,8 +135,12 @@ def gate(candidate: dict[str, Any], baseline: dict[str, Any], *,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidate", type=Path, required=True, help="the candidate's metrics.json")
     parser.add_argument("--baseline", type=Path, required=True, help="the production model's metrics.json")
-    parser.add_argument("--max-f1-drop", type=float, default=DEFAULT_MAX_F1_DROP,
-                        help="largest allowed macro-F1 drop, absolute (default: %(default)s = 2 points)")
+    parser.add_argument(
+        "--max-f1-drop",
+        type=float,
+        default=DEFAULT_MAX_F1_DROP,
+        help="largest allowed macro-F1 drop, absolute (default: %(default)s = 2 points)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the decision JSON here")
 
 
@@ -116,9 +154,13 @@ def run(args: argparse.Namespace) -> int:
         decision = gate(candidate, baseline, max_f1_drop=args.max_f1_drop)
     except (MLInputError, KeyError, TypeError, ValueError) as e:
         return cli_error("compare", f"cannot compare: {e}")
-    doc = {**decision.to_dict(), "candidate": str(args.candidate), "baseline": str(args.baseline),
-           "candidate_version": (candidate.get("model") or {}).get("version"),
-           "baseline_version": (baseline.get("model") or {}).get("version")}
+    doc = {
+        **decision.to_dict(),
+        "candidate": str(args.candidate),
+        "baseline": str(args.baseline),
+        "candidate_version": (candidate.get("model") or {}).get("version"),
+        "baseline_version": (baseline.get("model") or {}).get("version"),
+    }
     print(json.dumps(doc, indent=2, sort_keys=True))
     if args.output:
         write_json_atomic(args.output, doc)

@@ -88,9 +88,7 @@ def example_id(prefix: str, text: str) -> str:
     return f"{prefix}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
 
 
-def dedupe_labelled(
-    pairs: Iterable[tuple[str, str]], prefix: str
-) -> tuple[list[Example], dict[str, int]]:
+def dedupe_labelled(pairs: Iterable[tuple[str, str]], prefix: str) -> tuple[list[Example], dict[str, int]]:
     """Unique texts with one label each; texts seen with two different labels are dropped."""
     labels_by_text: dict[str, set[str]] = {}
     seen = 0
@@ -362,8 +360,9 @@ def split_sha256(root: Path, name: str, split: str) -> str:
     return str(info["sha256"])
 
 
-def ensure_datasets(root: Path, names: Sequence[str] = tuple(BUILTIN), *, seed: int = DEFAULT_SEED,
-                    force: bool = False) -> dict[str, dict[str, Any]]:
+def ensure_datasets(
+    root: Path, names: Sequence[str] = tuple(BUILTIN), *, seed: int = DEFAULT_SEED, force: bool = False
+) -> dict[str, dict[str, Any]]:
     """Build what is missing (or everything with ``force``); verify what is there."""
     out = {}
     for name in names:
@@ -378,14 +377,20 @@ def ensure_datasets(root: Path, names: Sequence[str] = tuple(BUILTIN), *, seed: 
 
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="dataset root (default: $SENTIMENT_CACHE/datasets)")
-    parser.add_argument("--name", action="append", default=None,
-                        help=f"only this dataset (repeatable; default: {', '.join(BUILTIN)})")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
+    )
+    parser.add_argument(
+        "--name",
+        action="append",
+        default=None,
+        help=f"only this dataset (repeatable; default: {', '.join(BUILTIN)})",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split seed (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even when present and intact")
-    parser.add_argument("--verify", action="store_true",
-                        help="only check existing datasets against their manifests")
+    parser.add_argument(
+        "--verify", action="store_true", help="only check existing datasets against their manifests"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,8 +26,14 @@ from inference_server.ml.train import Encoder, TrainConfig, packaged_encoder
 DEFAULT_CONFIG: Final = TrainConfig()
 CALIBRATION_FILE: Final = "calibration.json"
 REQUIRED_FILES: Final = (
-    "config.json", "model.safetensors", "tokenizer_config.json", "metrics.json", "training_config.json",
-    "README.md", CALIBRATION_FILE, "calibration_report.json",
+    "config.json",
+    "model.safetensors",
+    "tokenizer_config.json",
+    "metrics.json",
+    "training_config.json",
+    "README.md",
+    CALIBRATION_FILE,
+    "calibration_report.json",
 )
 
 
@@ -36,8 +42,9 @@ def models_root() -> Path:
 
 
 def cache_key(encoder_version: str, dataset_sha256: str, config: TrainConfig) -> str:
-    canonical = json.dumps({"encoder": encoder_version, "data": dataset_sha256, "config": config.digest()},
-                           sort_keys=True)
+    canonical = json.dumps(
+        {"encoder": encoder_version, "data": dataset_sha256, "config": config.digest()}, sort_keys=True
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -83,13 +90,16 @@ def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) 
     _log(f"test macro-F1 {doc['macro_f1']:.4f}, accuracy {doc['accuracy']:.4f}; calibrating")
     m = load_model(partial, version=version)
     params, report = calibrate_model(
-        m, *load_dataset_split(data_root, config.dataset, "validation"),
+        m,
+        *load_dataset_split(data_root, config.dataset, "validation"),
         held_out=load_dataset_split(data_root, config.dataset, "test"),
     )
     params.save(partial / CALIBRATION_FILE)
     write_json_atomic(partial / "calibration_report.json", report)
-    _log(f"temperature {params.temperature:.3f}: validation ECE {report['fitted_on']['ece_before']:.4f} -> "
-         f"{report['fitted_on']['ece_after']:.4f}")
+    _log(
+        f"temperature {params.temperature:.3f}: validation ECE {report['fitted_on']['ece_before']:.4f} -> "
+        f"{report['fitted_on']['ece_after']:.4f}"
+    )
     partial.rename(final)
     final.with_name(final.name + ".sha256").write_text(sha256_of_artifact(final) + "\n")
 

@@ -61,8 +61,13 @@ class DatasetRef:
     rows: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "split": self.split, "sha256": self.sha256,
-                "dataset_sha256": self.dataset_sha256, "rows": self.rows}
+        return {
+            "name": self.name,
+            "split": self.split,
+            "sha256": self.sha256,
+            "dataset_sha256": self.dataset_sha256,
+            "rows": self.rows,
+        }
 
 
 def load_dataset_split(root: Path, name: str, split: str) -> tuple[list[Example], DatasetRef]:
@@ -128,8 +133,10 @@ def metrics_document(
     }
     if temperature is not None:
         raw = M.softmax(logits)
-        doc["uncalibrated"] = {"ece": M.expected_calibration_error(raw, y_true),
-                               "nll": M.nll_from_logits(logits, y_true)}
+        doc["uncalibrated"] = {
+            "ece": M.expected_calibration_error(raw, y_true),
+            "nll": M.nll_from_logits(logits, y_true),
+        }
     return doc
 
 
@@ -148,8 +155,13 @@ def evaluate_model(
     logits, latencies = timed_logits(m, [e.text for e in examples], batch_size=batch_size, progress=progress)
     model_info = {"version": m.version, "path": str(m.path), "sha256": m.sha256, "quantized": m.quantized}
     return metrics_document(
-        logits=logits, y_true=y, labels=m.labels, dataset=dataset, model=model_info,
-        latencies_ms=latencies, batch_size=batch_size,
+        logits=logits,
+        y_true=y,
+        labels=m.labels,
+        dataset=dataset,
+        model=model_info,
+        latencies_ms=latencies,
+        batch_size=batch_size,
         temperature=calibration.temperature if calibration else None,
     )
 
@@ -174,8 +186,14 @@ def job_result(doc: dict[str, Any]) -> JobResult:
         outcome=JobOutcome.SUCCEEDED,
         model_version=str(doc["model"]["version"]),
         finished_at=str(doc["created_at"]),
-        metrics={"f1": doc["macro_f1"], "accuracy": doc["accuracy"], "ece": doc["ece"], "nll": doc["nll"],
-                 "latency_p50_ms": doc["latency_ms"]["p50"], "latency_p95_ms": doc["latency_ms"]["p95"]},
+        metrics={
+            "f1": doc["macro_f1"],
+            "accuracy": doc["accuracy"],
+            "ece": doc["ece"],
+            "nll": doc["nll"],
+            "latency_p50_ms": doc["latency_ms"]["p50"],
+            "latency_p95_ms": doc["latency_ms"]["p95"],
+        },
         detail={"dataset": doc["dataset"], "labels": doc["labels"], "calibrated": doc["model"]["calibrated"]},
     )
 
@@ -185,17 +203,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model directory (MODEL_PATH)")
     parser.add_argument("--version", default=None, help="model version to record (default: directory name)")
     parser.add_argument("--model-sha256", default=None, help="refuse the model unless it has this sha256")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="dataset root (default: $SENTIMENT_CACHE/datasets)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
+    )
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--calibration", type=Path, default=None,
-                        help="calibration params JSON (as CALIBRATION_PARAMS_PATH): calibrated figures")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="calibration params JSON (as CALIBRATION_PARAMS_PATH): calibrated figures",
+    )
     parser.add_argument("--quantized", action="store_true", help="evaluate the dynamic INT8 copy")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--output", type=Path, default=None, help="write metrics.json here (default: stdout)")
-    parser.add_argument("--job-result", type=Path, default=None,
-                        help="also write the contract's JobResult JSON here (for the evaluation Job)")
+    parser.add_argument(
+        "--job-result",
+        type=Path,
+        default=None,
+        help="also write the contract's JobResult JSON here (for the evaluation Job)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -210,10 +237,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         examples, ref = load_dataset_split(args.data_dir or default_data_root(), args.dataset, args.split)
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
-        m = load_model(args.model, version=args.version or args.model.resolve().name,
-                       quantized=args.quantized, expected_sha256=args.model_sha256)
-        doc = evaluate_model(m, examples, ref, calibration=calibration, batch_size=args.batch_size,
-                             progress=not args.no_progress)
+        m = load_model(
+            args.model,
+            version=args.version or args.model.resolve().name,
+            quantized=args.quantized,
+            expected_sha256=args.model_sha256,
+        )
+        doc = evaluate_model(
+            m,
+            examples,
+            ref,
+            calibration=calibration,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
     except (MLInputError, CalibrationError, ArtifactError, ModelLoadError) as e:
         return cli_error("evaluate", str(e))
     if args.output:
@@ -223,7 +260,9 @@ def run(args: argparse.Namespace) -> int:
     if args.job_result:
         args.job_result.parent.mkdir(parents=True, exist_ok=True)
         args.job_result.write_text(job_result(doc).to_json() + "\n")
-    print(f"{ref.name}/{ref.split}: macro_f1={doc['macro_f1']:.4f} accuracy={doc['accuracy']:.4f} "
-          f"ece={doc['ece']:.4f} nll={doc['nll']:.4f} p50={doc['latency_ms']['p50']:.1f}ms/batch",
-          file=sys.stderr)
+    print(
+        f"{ref.name}/{ref.split}: macro_f1={doc['macro_f1']:.4f} accuracy={doc['accuracy']:.4f} "
+        f"ece={doc['ece']:.4f} nll={doc['nll']:.4f} p50={doc['latency_ms']['p50']:.1f}ms/batch",
+        file=sys.stderr,
+    )
     return EXIT_OK

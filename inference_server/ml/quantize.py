@@ -59,14 +59,27 @@ def single_latencies(models: Sequence[LoadedModel], texts: Sequence[str]) -> lis
     return out
 
 
-def variant_summary(name: str, *, size: int, logits: Any, y: Any, labels: Sequence[str],
-                    batch_ms: Sequence[float], single_ms: Sequence[float], batch_size: int) -> dict[str, Any]:
+def variant_summary(
+    name: str,
+    *,
+    size: int,
+    logits: Any,
+    y: Any,
+    labels: Sequence[str],
+    batch_ms: Sequence[float],
+    single_ms: Sequence[float],
+    batch_size: int,
+) -> dict[str, Any]:
     probs = M.softmax(logits)
     q = M.classification_metrics(probs, y, labels)
     seconds = sum(batch_ms) / 1000.0
     return {
-        "variant": name, "size_bytes": size, "macro_f1": q["macro_f1"], "accuracy": q["accuracy"],
-        "ece": q["ece"], "single_latency_ms": M.latency_summary(single_ms),
+        "variant": name,
+        "size_bytes": size,
+        "macro_f1": q["macro_f1"],
+        "accuracy": q["accuracy"],
+        "ece": q["ece"],
+        "single_latency_ms": M.latency_summary(single_ms),
         "batch_latency_ms": {"batch_size": batch_size, **M.latency_summary(batch_ms)},
         "throughput_per_s": (len(y) / seconds) if seconds > 0 else 0.0,
     }
@@ -82,8 +95,16 @@ def comparison(fp32: dict[str, Any], int8: dict[str, Any], agreement: float) -> 
     }
 
 
-def run_experiment(fp32: LoadedModel, texts: Sequence[str], y: Any, ref: DatasetRef, *, n_single: int,
-                   batch_size: int, progress: bool = True) -> dict[str, Any]:
+def run_experiment(
+    fp32: LoadedModel,
+    texts: Sequence[str],
+    y: Any,
+    ref: DatasetRef,
+    *,
+    n_single: int,
+    batch_size: int,
+    progress: bool = True,
+) -> dict[str, Any]:
     from inference_server.ml.evaluate import timed_logits
     from inference_server.runtime.quantization import quantize_dynamic_int8
 
@@ -95,8 +116,16 @@ def run_experiment(fp32: LoadedModel, texts: Sequence[str], y: Any, ref: Dataset
     for name, m, s in (("fp32", fp32, single[0]), ("int8", int8, single[1])):
         logits, batch_ms = timed_logits(m, texts, batch_size=batch_size, progress=progress)
         predictions[name] = logits.argmax(axis=1)
-        results[name] = variant_summary(name, size=sizes[name], logits=logits, y=y, labels=fp32.labels,
-                                        batch_ms=batch_ms, single_ms=s, batch_size=batch_size)
+        results[name] = variant_summary(
+            name,
+            size=sizes[name],
+            logits=logits,
+            y=y,
+            labels=fp32.labels,
+            batch_ms=batch_ms,
+            single_ms=s,
+            batch_size=batch_size,
+        )
     agreement = float(np.mean(predictions["fp32"] == predictions["int8"]))
     import torch
 
@@ -104,10 +133,15 @@ def run_experiment(fp32: LoadedModel, texts: Sequence[str], y: Any, ref: Dataset
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": {"version": fp32.version, "path": str(fp32.path)},
         "dataset": ref.to_dict(),
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "load_average_1m": os.getloadavg()[0],
+        },
         "single_calls": len(single[0]),
-        "fp32": results["fp32"], "int8": results["int8"],
+        "fp32": results["fp32"],
+        "int8": results["int8"],
         "comparison": comparison(results["fp32"], results["int8"], agreement),
     }
 
@@ -150,12 +184,17 @@ def markdown(doc: dict[str, Any]) -> str:
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="fp32 model directory (MODEL_PATH)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="dataset root (default: $SENTIMENT_CACHE/datasets)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
+    )
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--single", type=int, default=DEFAULT_SINGLE,
-                        help="single-sentence calls per variant (default: %(default)s)")
+    parser.add_argument(
+        "--single",
+        type=int,
+        default=DEFAULT_SINGLE,
+        help="single-sentence calls per variant (default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPU quota)")
     parser.add_argument("--output", type=Path, default=None, help="write the JSON here (default: stdout)")
@@ -177,8 +216,15 @@ def run(args: argparse.Namespace) -> int:
             raise MLInputError(f"{ref.name}/{ref.split} is empty")
         m = load_model(args.model, version=args.model.resolve().name)
         y = label_indices(m.labels, examples)
-        doc = run_experiment(m, [e.text for e in examples], y, ref, n_single=args.single,
-                             batch_size=args.batch_size, progress=not args.no_progress)
+        doc = run_experiment(
+            m,
+            [e.text for e in examples],
+            y,
+            ref,
+            n_single=args.single,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
     except (MLInputError, ArtifactError, ModelLoadError) as e:
         return cli_error("quantize", str(e))
     if args.output:

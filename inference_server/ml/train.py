@@ -88,8 +88,9 @@ def encoder_from_path(path: Path) -> Encoder:
 
 
 # --- pure helpers ---------------------------------------------------------------------------------
-def batch_order(n: int, batch_size: int, seed: int, epoch: int,
-                lengths: Sequence[int] | None = None) -> list[list[int]]:
+def batch_order(
+    n: int, batch_size: int, seed: int, epoch: int, lengths: Sequence[int] | None = None
+) -> list[list[int]]:
     """Seeded shuffled batches of example indices for one epoch.
 
     With ``lengths``, indices are shuffled, cut into pools of 50 batches, sorted by length inside a
@@ -123,8 +124,17 @@ def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> list
     return random.Random(seed).sample(list(examples), limit)
 
 
-def model_card(*, version: str, config: TrainConfig, encoder: Encoder, datasets_info: dict[str, Any],
-               metrics: dict[str, Any], validation: dict[str, Any], seconds: float, threads: int) -> str:
+def model_card(
+    *,
+    version: str,
+    config: TrainConfig,
+    encoder: Encoder,
+    datasets_info: dict[str, Any],
+    metrics: dict[str, Any],
+    validation: dict[str, Any],
+    seconds: float,
+    threads: int,
+) -> str:
     per_class = "\n".join(
         f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
         for label, s in metrics["per_class"].items()
@@ -202,8 +212,11 @@ def fine_tune(
 
     tokenizer = AutoTokenizer.from_pretrained(encoder.path, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
-        encoder.path, local_files_only=True, num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)},
+        encoder.path,
+        local_files_only=True,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={lab: i for i, lab in enumerate(LABELS)},
         ignore_mismatched_sizes=True,
     )
     label_id = {lab: i for i, lab in enumerate(LABELS)}
@@ -214,8 +227,10 @@ def fine_tune(
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = ("bias", "LayerNorm.weight", "layernorm", "norm")
     groups = [
-        {"params": [p for n, p in trainable if not any(k in n for k in no_decay)],
-         "weight_decay": config.weight_decay},
+        {
+            "params": [p for n, p in trainable if not any(k in n for k in no_decay)],
+            "weight_decay": config.weight_decay,
+        },
         {"params": [p for n, p in trainable if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optimiser = torch.optim.AdamW(groups, lr=config.learning_rate)
@@ -228,8 +243,14 @@ def fine_tune(
     model.train()
     losses: list[float] = []
     started = time.perf_counter()
-    bar = tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress, file=sys.stderr,
-               mininterval=1.0 if sys.stderr.isatty() else 15.0)
+    bar = tqdm(
+        total=total,
+        desc="fine-tuning",
+        unit="step",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=1.0 if sys.stderr.isatty() else 15.0,
+    )
     for epoch in range(config.epochs):
         lengths = [len(x) for x in ids] if config.length_grouped else None
         for batch in batch_order(len(ids), config.batch_size, config.seed, epoch, lengths):
@@ -250,8 +271,11 @@ def fine_tune(
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    return {"steps": total, "train_seconds": time.perf_counter() - started,
-            "final_loss_avg50": sum(losses[-50:]) / max(1, len(losses[-50:]))}
+    return {
+        "steps": total,
+        "train_seconds": time.perf_counter() - started,
+        "final_loss_avg50": sum(losses[-50:]) / max(1, len(losses[-50:])),
+    }
 
 
 def train_model(
@@ -293,8 +317,12 @@ def train_model(
     seconds = time.perf_counter() - started
 
     datasets_info = {
-        "name": config.dataset, "sha256": manifest["sha256"], "split_seed": manifest["split_seed"],
-        "source": manifest["source"], "train_rows": len(train), "train_sha256": train_ref.sha256,
+        "name": config.dataset,
+        "sha256": manifest["sha256"],
+        "split_seed": manifest["split_seed"],
+        "source": manifest["source"],
+        "train_rows": len(train),
+        "train_sha256": train_ref.sha256,
         "splits": {r.split: r.to_dict() for r in (train_ref, val_ref, test_ref)},
     }
     training_config = {
@@ -303,17 +331,29 @@ def train_model(
         "config_sha256": config.digest(),
         "encoder": {"name": encoder.name, "version": encoder.version},
         "datasets": datasets_info,
-        "runtime": {"torch": torch.__version__, "transformers": transformers.__version__,
-                    "python": sys.version.split()[0], "threads": used_threads},
+        "runtime": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+            "threads": used_threads,
+        },
         "stats": {**stats, "total_seconds": seconds},
         "validation": {k: val_metrics[k] for k in ("macro_f1", "accuracy", "ece", "nll")},
     }
     write_json_atomic(output / "training_config.json", training_config)
     write_json_atomic(output / "metrics.json", test_metrics)
-    (output / "README.md").write_text(model_card(
-        version=version, config=config, encoder=encoder, datasets_info=datasets_info,
-        metrics=test_metrics, validation=val_metrics, seconds=seconds, threads=used_threads,
-    ))
+    (output / "README.md").write_text(
+        model_card(
+            version=version,
+            config=config,
+            encoder=encoder,
+            datasets_info=datasets_info,
+            metrics=test_metrics,
+            validation=val_metrics,
+            seconds=seconds,
+            threads=used_threads,
+        )
+    )
     return test_metrics
 
 
@@ -321,13 +361,21 @@ def train_model(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--output", type=Path, required=True, help="new model directory (must be empty)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="dataset root (default: $SENTIMENT_CACHE/datasets)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
+    )
     parser.add_argument("--dataset", default=d.dataset)
-    parser.add_argument("--encoder", type=Path, default=None,
-                        help="Hugging Face encoder directory (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--version", default=None,
-                        help="model version recorded in the card (default: the output directory's name)")
+    parser.add_argument(
+        "--encoder",
+        type=Path,
+        default=None,
+        help="Hugging Face encoder directory (default: the packaged all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--version",
+        default=None,
+        help="model version recorded in the card (default: the output directory's name)",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -342,9 +390,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return replace(
-        TrainConfig(), dataset=args.dataset, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-        max_length=args.max_length, max_train_rows=args.max_train_rows,
+        TrainConfig(),
+        dataset=args.dataset,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        max_length=args.max_length,
+        max_train_rows=args.max_train_rows,
     )
 
 
@@ -368,8 +423,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         encoder = encoder_from_path(args.encoder) if args.encoder else packaged_encoder()
         doc = train_model(
-            data_root=args.data_dir or default_data_root(), output=args.output, config=config,
-            encoder=encoder, version=args.version or args.output.resolve().name, threads=args.threads,
+            data_root=args.data_dir or default_data_root(),
+            output=args.output,
+            config=config,
+            encoder=encoder,
+            version=args.version or args.output.resolve().name,
+            threads=args.threads,
             progress=not args.no_progress,
         )
     except (MLInputError, ModelLoadError) as e:

@@ -24,7 +24,7 @@ def quantize_dynamic_int8(model: Any) -> Any:
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated")
         from torch.ao.quantization import quantize_dynamic
 
-        quantized = quantize_dynamic(
+        quantized = quantize_dynamic(  # type: ignore[no-untyped-call]
             copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8, inplace=False
         )
     return quantized.eval()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from inference_server.observability.metrics import ServerMetrics
 from inference_server.runtime.calibration import CalibrationParams
 from inference_server.runtime.model import LoadedModel, encode_ids, forward_ids
 from inference_server.serving.batching import MicroBatcher
-from inference_server.serving.validation import InputProblem, check_token_count, normalise_text
+from inference_server.serving.validation import check_token_count, normalise_text
 
 
 @dataclass(frozen=True)
@@ -170,10 +169,3 @@ class InferenceEngine:
                 prepared.append(ids)
             await self.batcher.submit_many(prepared)
             await asyncio.gather(*(self.batcher.submit(ids) for ids in prepared))
-
-
-def now_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
-
-
-__all__ = ["Answer", "InferenceEngine", "InputProblem", "Prepared", "new_request_id", "now_ms"]

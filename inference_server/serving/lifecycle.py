@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -47,8 +47,7 @@ class ServerState:
     engine: InferenceEngine | None = None
     explain_model: LoadedModel | None = None  # fp32 weights for saliency (also when serving INT8)
     torch_threads: int = 0
-    in_flight: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    in_flight: int = 0  # HTTP requests being handled (RequestMetrics keeps it)
 
     @property
     def ready(self) -> bool:

@@ -12,9 +12,7 @@ from inference_server.settings import ConfigError, load_settings
 
 
 def test_defaults_and_contract_names(tmp_path: Path) -> None:
-    s = load_settings(
-        {"MODEL_PATH": str(tmp_path), "ENABLE_BATCH": "1", "enable_quantized_model": "true"}
-    )
+    s = load_settings({"MODEL_PATH": str(tmp_path), "ENABLE_BATCH": "1", "enable_quantized_model": "true"})
     assert s.host == "0.0.0.0" and s.port == 8080 and s.max_tokens == 256
     assert s.enable_batch and s.enable_quantized_model and not s.enable_explainability
     assert s.model_sha256 is None and s.calibration_params_path is None
@@ -33,9 +31,7 @@ def test_defaults_and_contract_names(tmp_path: Path) -> None:
         ({"enable_explainability": "sometimes"}, "enable_explainability"),
     ],
 )
-def test_invalid_configuration_names_the_variable(
-    tmp_path: Path, env: dict[str, str], named: str
-) -> None:
+def test_invalid_configuration_names_the_variable(tmp_path: Path, env: dict[str, str], named: str) -> None:
     full = {"MODEL_PATH": str(tmp_path), **env} if named != "MODEL_PATH" else env
     with pytest.raises(ConfigError) as info:
         load_settings(full)
@@ -74,3 +70,18 @@ def test_parse_cgroup_cpu_max(text: str, cpus: float | None) -> None:
 )
 def test_threads_follow_the_quota_not_the_host(quota: float | None, affinity: int, threads: int) -> None:
     assert threads_for(quota, affinity) == threads
+
+
+def test_otlp_exporter_only_when_an_endpoint_is_configured() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from inference_server.observability.tracing import build_tracer_provider, shutdown_provider, tracer_from
+
+    assert build_tracer_provider(None, model_version="v") is None
+    assert type(tracer_from(None)).__name__ == "NoOpTracer"
+    provider = build_tracer_provider("http://127.0.0.1:4318", model_version="v1")
+    assert isinstance(provider, TracerProvider)
+    assert provider.resource.attributes["service.version"] == "v1"
+    exporter = provider._active_span_processor._span_processors[0].span_exporter  # type: ignore[attr-defined]
+    assert exporter._endpoint == "http://127.0.0.1:4318/v1/traces"
+    shutdown_provider(provider)
