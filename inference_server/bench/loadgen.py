@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_server.bench.schedule import arrival_offsets
+from inference_server.bench.stats import histogram_totals
 
 REQUEST_TIMEOUT_S = 120.0
 OPEN_LOOP_MAX_CONNECTIONS = 256
@@ -41,6 +42,8 @@ class RunResult:
     client_cpu_s: float = 0.0
     max_send_lag_ms: float = 0.0  # open loop: how late the client itself sent (its own share of latency)
     first_error: str | None = None
+    batches: float | None = None  # forward passes the server ran during the run (from its /metrics)
+    batched_items: float | None = None  # texts those forward passes held
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +53,8 @@ class RunResult:
             "client_cpu_s": self.client_cpu_s,
             "max_send_lag_ms": self.max_send_lag_ms,
             "first_error": self.first_error,
+            "batches": self.batches,
+            "batched_items": self.batched_items,
         }
 
 
@@ -88,6 +93,26 @@ async def _send(client: Any, url: str, body: bytes, result: RunResult, index: in
     result.records.append((index, status, latency, label, server_ms))
 
 
+async def _batch_totals(client: Any, metrics: tuple[str, str] | None) -> tuple[float, float] | None:
+    """The server's batch-size histogram (sum, count) now, or None when it has none (the naive app)."""
+    if metrics is None:
+        return None
+    try:
+        async with client.get(metrics[0]) as response:
+            if response.status != 200:
+                return None
+            return histogram_totals(await response.text(), metrics[1])
+    except Exception:  # a failed scrape only loses the batch-size column, never the run
+        return None
+
+
+def _set_batches(
+    result: RunResult, before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> None:
+    if before is not None and after is not None:
+        result.batched_items, result.batches = after[0] - before[0], after[1] - before[1]
+
+
 async def closed_loop(
     client: Any,
     url: str,
@@ -98,6 +123,7 @@ async def closed_loop(
     max_requests: int,
     duration_s: float,
     warmup: int,
+    metrics: tuple[str, str] | None = None,
 ) -> RunResult:
     if warmup:
         scratch = RunResult("warmup")
@@ -108,6 +134,7 @@ async def closed_loop(
             )
         )
     result = RunResult(name)
+    before = await _batch_totals(client, metrics)
     counter = itertools.count()
     start = time.perf_counter()
     deadline = start + duration_s
@@ -124,6 +151,7 @@ async def closed_loop(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed_s = time.perf_counter() - start
     result.client_cpu_s = _cpu_s() - cpu0
+    _set_batches(result, before, await _batch_totals(client, metrics))
     return result
 
 
@@ -138,10 +166,12 @@ async def open_loop(
     duration_s: float,
     seed: int,
     arrivals: str,
+    metrics: tuple[str, str] | None = None,
 ) -> RunResult:
     count = max(1, min(max_requests, int(rate * duration_s)))
     offsets = arrival_offsets(rate, count, arrivals=arrivals, seed=seed)  # type: ignore[arg-type]
     result = RunResult(name)
+    before = await _batch_totals(client, metrics)
     tasks: list[asyncio.Task[None]] = []
     start = time.perf_counter()
     cpu0 = _cpu_s()
@@ -158,6 +188,7 @@ async def open_loop(
     result.elapsed_s = time.perf_counter() - start
     result.client_cpu_s = _cpu_s() - cpu0
     result.max_send_lag_ms = lag * 1000.0
+    _set_batches(result, before, await _batch_totals(client, metrics))
     return result
 
 
@@ -166,6 +197,7 @@ async def run_spec(spec: dict[str, Any]) -> list[RunResult]:
 
     url: str = spec["url"]
     bodies = [json.dumps({"text": t}).encode("utf-8") for t in spec["texts"]]
+    metrics = (spec["metrics_url"], spec["batch_metric"]) if spec.get("metrics_url") else None
     results = []
     for run in spec["runs"]:
         connections = run["concurrency"] if run["mode"] == "closed" else OPEN_LOOP_MAX_CONNECTIONS
@@ -182,6 +214,7 @@ async def run_spec(spec: dict[str, Any]) -> list[RunResult]:
                     max_requests=run["max_requests"],
                     duration_s=run["duration_s"],
                     warmup=run.get("warmup", 0),
+                    metrics=metrics,
                 )
             else:
                 result = await open_loop(
@@ -194,6 +227,7 @@ async def run_spec(spec: dict[str, Any]) -> list[RunResult]:
                     duration_s=run["duration_s"],
                     seed=run.get("seed", 0),
                     arrivals=run.get("arrivals", "poisson"),
+                    metrics=metrics,
                 )
         ok = sum(1 for r in result.records if r[1] == 200)
         print(

@@ -11,13 +11,15 @@ from typing import Any
 from inference_server.bench.inprocess import Ceiling, Quality
 from inference_server.bench.stats import RunSummary
 
-VARIANTS = ("naive", "fp32", "int8", "fp32-1t")
+VARIANTS = ("naive", "fp32", "int8", "fp32-1t", "fp32-passive")
 VARIANT_TITLES = {
     "naive": "(a) naive `pipeline` app",
     "fp32": "(c) sentiment-server fp32",
     "int8": "(d) sentiment-server INT8",
-    # Optional (--variants): the same server with one intra-op thread, for the thread-count question.
+    # Optional (--variants): the same server with one intra-op thread, or with OpenMP's idle threads
+    # sleeping instead of spinning — for the question of how torch's threads share 2 busy cores.
     "fp32-1t": "(c1) sentiment-server fp32, TORCH_THREADS=1",
+    "fp32-passive": "(c2) sentiment-server fp32, OMP_WAIT_POLICY=PASSIVE",
 }
 
 
@@ -52,6 +54,7 @@ class ClosedRun:
     server_p50_ms: float | None  # the server's own latency_ms (middleware to response), median
     client_cpu_share: float  # client CPU seconds / wall seconds (1.0 = one core)
     agreement: float | None  # share of answers matching the in-process prediction of the same model
+    mean_batch: float | None = None  # texts per forward pass in the server during the run (its /metrics)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class OpenRun:
     summary: RunSummary
     max_send_lag_ms: float
     client_cpu_share: float
+    mean_batch: float | None = None
 
 
 @dataclass
@@ -279,7 +283,15 @@ def _setup_section(res: BenchResults) -> list[str]:
 
 
 def _closed_section(res: BenchResults, concurrencies: Sequence[int]) -> list[str]:
-    lines = ["## Closed loop: throughput and latency", ""]
+    lines = [
+        "## Closed loop: throughput and latency",
+        "",
+        "Latencies are client-observed. *Server-side p50* is the `latency_ms` the server reports; "
+        "*mean batch* is texts per forward pass during the cell, from the server's "
+        "`sentiment_batch_size` histogram; "
+        "*same label* compares each answer with the in-process prediction of the same weights.",
+        "",
+    ]
     for length in LENGTHS:
         ceil = res.ceiling("fp32", length)
         ceil8 = res.ceiling("int8", length)
@@ -301,6 +313,7 @@ def _closed_section(res: BenchResults, concurrencies: Sequence[int]) -> list[str
                         _f(s.p99_ms),
                         f"{s.requests}" + (f" ({s.errors} errors)" if s.errors else ""),
                         _f(r.server_p50_ms),
+                        _f(r.mean_batch),
                         _f(r.client_cpu_share, 2),
                         "–" if r.agreement is None else f"{r.agreement * 100:.1f}%",
                     ]
@@ -315,6 +328,7 @@ def _closed_section(res: BenchResults, concurrencies: Sequence[int]) -> list[str
                 "p99 ms",
                 "requests",
                 "server-side p50 ms",
+                "mean batch",
                 "client CPU",
                 "same label as in-process",
             ],
@@ -350,6 +364,7 @@ def _open_section(res: BenchResults) -> list[str]:
                         _f(s.p99_ms),
                         f"{s.requests}" + (f" ({s.errors} errors)" if s.errors else ""),
                         _f(r.max_send_lag_ms),
+                        _f(r.mean_batch),
                         _f(r.client_cpu_share, 2),
                     ]
                 )
@@ -365,6 +380,7 @@ def _open_section(res: BenchResults) -> list[str]:
             "p99 ms",
             "requests",
             "max client send lag ms",
+            "mean batch",
             "client CPU",
         ],
         rows,

@@ -42,22 +42,23 @@ from inference_server.bench.report import (
     render_report,
 )
 from inference_server.bench.stats import summarise
-from inference_server.contract import Env
+from inference_server.contract import METRIC_BATCH_SIZE, Env
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 OPEN_LOOP_LOAD = 0.75
 DEFAULT_REPORT = Path("docs/reports/server-benchmark.md")
 SHORT_TOKENS = 25
+VARIANT_ENV = {"fp32-1t": {str(Env.TORCH_THREADS): "1"}, "fp32-passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 LONG_TOKENS = (110, 130)
 
 
 @dataclass(frozen=True)
 class Plan:
     concurrencies: tuple[int, ...] = (1, 8, 32, 64)
-    duration_s: float = 10.0
+    duration_s: float = 8.0
     max_requests: int = 3000
     min_warmup: int = 8
-    open_duration_s: float = 15.0
+    open_duration_s: float = 12.0
     arrivals: str = "poisson"
     ceiling_batch_sizes: tuple[int, ...] = (1, 8, 16, 32, 64)
     ceiling_min_time_s: float = 2.5
@@ -251,7 +252,10 @@ def run_loadgen(
     url: str, texts: Sequence[str], runs: list[dict[str, Any]], workdir: Path, tag: str
 ) -> list[dict[str, Any]]:
     spec_path, out_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
-    spec_path.write_text(json.dumps({"url": url, "texts": list(texts), "runs": runs}))
+    spec = {"url": url, "texts": list(texts), "runs": runs}
+    if not tag.startswith("naive"):  # sentiment-server: read its batch sizes from /metrics
+        spec |= {"metrics_url": url.rsplit("/", 1)[0] + "/metrics", "batch_metric": METRIC_BATCH_SIZE}
+    spec_path.write_text(json.dumps(spec))
     budget = sum(r["duration_s"] + 120.0 for r in runs) + 60.0
     proc = subprocess.run(
         [sys.executable, "-m", "inference_server.bench.loadgen", str(spec_path), str(out_path)],
@@ -301,11 +305,13 @@ def closed_runs(
             statistics.median(server_ms) if server_ms else None,
             run["client_cpu_s"] / run["elapsed_s"] if run["elapsed_s"] else 0.0,
             agreement,
+            _mean_batch(run),
         )
         if run["first_error"]:
             log(f"  first error: {run['first_error']}")
+        mean_batch = f", mean batch {cr.mean_batch:.1f}" if cr.mean_batch else ""
         log(
-            f"{VARIANT_TITLES[variant]} {inputs.name} c={c}: {summary.rps:.1f} req/s, "
+            f"{VARIANT_TITLES[variant]} {inputs.name} c={c}: {summary.rps:.1f} req/s{mean_batch}, "
             f"p50 {summary.p50_ms:.1f} "
             f"p95 {summary.p95_ms:.1f} p99 {summary.p99_ms:.1f} ms, {summary.requests} ok, "
             f"{summary.errors} errors"
@@ -339,7 +345,13 @@ def open_run(variant: str, url: str, inputs: InputSet, rate: float, plan: Plan, 
         summary,
         run["max_send_lag_ms"],
         run["client_cpu_s"] / run["elapsed_s"] if run["elapsed_s"] else 0.0,
+        _mean_batch(run),
     )
+
+
+def _mean_batch(run: dict[str, Any]) -> float | None:
+    batches, items = run.get("batches"), run.get("batched_items")
+    return items / batches if batches else None
 
 
 def _server(variant: str, model_dir: Path, workdir: Path) -> AbstractContextManager[Any]:
@@ -347,7 +359,7 @@ def _server(variant: str, model_dir: Path, workdir: Path) -> AbstractContextMana
 
     if variant == "naive":
         return naive_server("bench-naive", model_dir, workdir=workdir)
-    extra = {str(Env.TORCH_THREADS): "1"} if variant.endswith("-1t") else None
+    extra = VARIANT_ENV.get(variant)
     return sentiment_server(
         f"bench-{variant}",
         model_dir,
@@ -408,7 +420,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants",
         default="naive,fp32,int8",
-        help="comma-separated, from naive,fp32,int8,fp32-1t (fp32 with TORCH_THREADS=1)",
+        help="comma-separated, from naive,fp32,int8 and the optional fp32-1t (TORCH_THREADS=1), "
+        "fp32-passive (OMP_WAIT_POLICY=PASSIVE)",
     )
     p.add_argument("--duration", type=float, default=None, help="seconds per closed-loop cell (bound)")
     p.add_argument("--max-requests", type=int, default=None, help="requests per cell (bound)")

@@ -57,3 +57,17 @@ def summarise(latencies_s: Sequence[float], errors: int, elapsed_s: float) -> Ru
         p99_ms=percentile(ms, 99),
         mean_ms=sum(ms) / n if n else math.nan,
     )
+
+
+def histogram_totals(exposition: str, name: str) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram in text exposition, added over all its label sets."""
+    total_sum = total_count = 0.0
+    for line in exposition.splitlines():
+        if line.startswith(f"{name}_sum") or line.startswith(f"{name}_count"):
+            metric, _, value = line.rpartition(" ")
+            base = metric.split("{", 1)[0]
+            if base == f"{name}_sum":
+                total_sum += float(value)
+            elif base == f"{name}_count":
+                total_count += float(value)
+    return total_sum, total_count

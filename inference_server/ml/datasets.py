@@ -185,8 +185,8 @@ def build_manifest(
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "dataset_name": name,
-        "sha256": combined_sha256({s: i["sha256"] for s, i in split_info.items()}),
-        "rows": sum(i["rows"] for i in split_info.values()),
+        "sha256": combined_sha256({s: str(i["sha256"]) for s, i in split_info.items()}),
+        "rows": sum(len(splits[s]) for s in splits),
         "label_counts": dict(sorted(all_counts.items())),
         "labels": sorted(all_counts),
         "source": {"package": source.package, "version": source.version, "file": source.file},

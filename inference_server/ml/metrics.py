@@ -70,13 +70,15 @@ def softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    out: FloatArray = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 def log_softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    out: FloatArray = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return out
 
 
 def nll_from_logits(logits: npt.ArrayLike, y_true: npt.ArrayLike, temperature: float = 1.0) -> float:

@@ -208,7 +208,7 @@ def fine_tune(
 
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected, not news
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # a fresh head is expected
 
     tokenizer = AutoTokenizer.from_pretrained(encoder.path, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(

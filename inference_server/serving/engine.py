@@ -22,7 +22,7 @@ from inference_server.observability.metrics import ServerMetrics
 from inference_server.runtime.calibration import CalibrationParams
 from inference_server.runtime.model import LoadedModel, encode_ids, forward_ids
 from inference_server.serving.batching import MicroBatcher
-from inference_server.serving.validation import check_token_count, normalise_text
+from inference_server.serving.validation import check_token_count, normalise_text, precheck_length
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class InferenceEngine:
         """Validate and encode one text (on the event loop: microseconds for the texts we accept)."""
         with self.tracer.start_as_current_span(Span.PREPROCESS):
             clean = normalise_text(text, field=field)
+            precheck_length(clean, self.model.max_tokens, field=field)
             ids = encode_ids(self.model, [clean])[0]
             check_token_count(len(ids), self.model.max_tokens, field=field)
         self.metrics.observe_tokens(endpoint, len(ids))

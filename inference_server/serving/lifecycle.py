@@ -81,6 +81,28 @@ def load_everything(settings: ServerSettings) -> Loaded:
     return Loaded(served, fp32, calibration, threads)
 
 
+_FAILURE_CODES: dict[type[BaseException], str] = {
+    ArtifactError: "artifact_mismatch",
+    ModelLoadError: "model_load_failed",
+    CalibrationError: "calibration_invalid",
+}
+
+
+def _fail(state: ServerState, exc: BaseException, on_fatal: Callable[[str], None] | None) -> None:
+    code = _FAILURE_CODES.get(type(exc), "model_load_failed")
+    message = str(exc) or type(exc).__name__
+    state.phase, state.error_code, state.error = Phase.FAILED, code, message
+    expected = isinstance(exc, tuple(_FAILURE_CODES))
+    log.error(
+        "refusing to serve: %s",
+        message,
+        exc_info=None if expected else exc,
+        extra={"fields": {"event": "model_load_failed", "code": code}},
+    )
+    if on_fatal is not None:
+        on_fatal(message)
+
+
 async def bring_up(
     settings: ServerSettings,
     state: ServerState,
@@ -90,41 +112,34 @@ async def bring_up(
     recent: RecentPredictions,
     on_fatal: Callable[[str], None] | None = None,
 ) -> None:
+    """Load → warm up → READY; any failure on the way is FAILED (never a server stuck in LOADING)."""
     state.phase = Phase.LOADING
     try:
         with tracer.start_as_current_span(Span.MODEL_LOAD) as span:
             span.set_attribute("model.version", settings.model_version)
             span.set_attribute("model.quantized", settings.enable_quantized_model)
             loaded = await asyncio.to_thread(load_everything, settings)
-    except (ArtifactError, ModelLoadError, CalibrationError, OSError) as exc:
-        code = {
-            ArtifactError: "artifact_mismatch",
-            ModelLoadError: "model_load_failed",
-            CalibrationError: "calibration_invalid",
-        }.get(type(exc), "model_load_failed")
-        state.phase, state.error_code, state.error = Phase.FAILED, code, str(exc)
-        log.error(
-            "refusing to serve: %s", exc, extra={"fields": {"event": "model_load_failed", "code": code}}
+        state.torch_threads = loaded.threads
+        state.explain_model = loaded.fp32 if settings.enable_explainability else None
+        engine = InferenceEngine(
+            loaded.served,
+            calibration=loaded.calibration,
+            metrics=metrics,
+            tracer=tracer,
+            recent=recent,
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=max(settings.max_batch_tokens, loaded.served.max_tokens),
+            batch_wait_ms=settings.batch_wait_ms,
         )
-        if on_fatal is not None:
-            on_fatal(str(exc))
+        engine.batcher.start()
+        state.engine = engine
+        state.phase = Phase.WARMING
+        await engine.warm_up()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # whatever went wrong, this model must not be served
+        _fail(state, exc, on_fatal)
         return
-    state.torch_threads = loaded.threads
-    state.explain_model = loaded.fp32 if settings.enable_explainability else None
-    engine = InferenceEngine(
-        loaded.served,
-        calibration=loaded.calibration,
-        metrics=metrics,
-        tracer=tracer,
-        recent=recent,
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=max(settings.max_batch_tokens, loaded.served.max_tokens),
-        batch_wait_ms=settings.batch_wait_ms,
-    )
-    engine.batcher.start()
-    state.engine = engine
-    state.phase = Phase.WARMING
-    await engine.warm_up()
     metrics.set_model_info(quantized=loaded.served.quantized, calibrated=engine.calibrated)
     metrics.set_ready(True)
     state.phase = Phase.READY

@@ -49,6 +49,20 @@ def normalise_text(text: str, *, field: str = "text") -> str:
     return text
 
 
+def precheck_length(text: str, max_tokens: int, *, field: str = "text") -> None:
+    """Reject (413) a text that cannot fit before tokenizing it, so a huge body never ties up the event
+    loop: every whitespace-separated word is at least one token, so more than twice MAX_TOKENS words is
+    certainly too long (the factor leaves room for tokenizers that drop characters)."""
+    if len(text) > 2 * max_tokens and len(text.split(maxsplit=2 * max_tokens)) > 2 * max_tokens:
+        raise InputProblem(
+            413,
+            "too_many_tokens",
+            f"has more than {2 * max_tokens} words, far more than MAX_TOKENS={max_tokens} tokens;"
+            " shorten or split it",
+            field,
+        )
+
+
 def check_token_count(n_tokens: int, max_tokens: int, *, field: str = "text") -> None:
     """Rule 5: reject (413) a text longer than MAX_TOKENS rather than truncating it."""
     if n_tokens > max_tokens:

@@ -66,6 +66,8 @@ def test_quick_run_writes_a_complete_report(tiny_model_dir: Path, tmp_path: Path
     for run in raw["closed"]:
         # every server answered what the same model predicts in-process for the same text
         assert run["agreement"] >= 0.95, run
+        # sentiment-server's batch sizes come from its /metrics; the naive app has none
+        assert (run["mean_batch"] is None) == (run["variant"] == "naive"), run
     assert {(c["precision"], c["length"]) for c in raw["ceilings"]} == {
         (p, n) for p in ("fp32", "int8") for n in ("short", "long")}
     assert raw["quality"]["rows"] > 0

@@ -24,7 +24,7 @@ from inference_server.bench.report import (
     render_report,
 )
 from inference_server.bench.schedule import arrival_offsets
-from inference_server.bench.stats import RunSummary, percentile, summarise
+from inference_server.bench.stats import RunSummary, histogram_totals, percentile, summarise
 
 
 # --- percentiles and summaries ------------------------------------------------------------------------
@@ -177,3 +177,19 @@ def test_report_keeps_hand_written_findings_when_regenerated() -> None:
     edited = first.replace("_No findings written yet for this run._", "- The batcher wins.\n- Second line.")
     again = render_report(res, concurrencies=(1, 8, 32, 64), previous=edited)
     assert f"{FINDINGS_START}\n- The batcher wins.\n- Second line.\n{FINDINGS_END}" in again
+
+
+def test_histogram_totals_adds_sum_and_count_over_label_sets() -> None:
+    exposition = "\n".join([
+        "# HELP sentiment_batch_size texts per forward pass",
+        "# TYPE sentiment_batch_size histogram",
+        'sentiment_batch_size_bucket{model_version="a",le="1.0"} 3.0',
+        'sentiment_batch_size_sum{model_version="a"} 40.0',
+        'sentiment_batch_size_count{model_version="a"} 5.0',
+        'sentiment_batch_size_sum{model_version="b"} 2.0',
+        'sentiment_batch_size_count{model_version="b"} 1.0',
+        'sentiment_batch_size_created{model_version="a"} 1.7e9',
+        "other_sum 99.0",
+    ])
+    assert histogram_totals(exposition, "sentiment_batch_size") == (42.0, 6.0)
+    assert histogram_totals("", "sentiment_batch_size") == (0.0, 0.0)

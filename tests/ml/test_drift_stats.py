@@ -314,7 +314,7 @@ def test_cli_scores_two_text_files_with_a_model(tmp_path: Path, tiny_model_dir: 
         texts(tmp_path / "b.jsonl", 0.5),
         texts(tmp_path / "c.jsonl", 0.05),
     )
-    base = ["drift", "--model", str(tiny_model_dir), "--reference-dataset", str(ref)]
+    base = ["drift", "--model", str(tiny_model_dir), "--reference-dataset", str(ref), "--min-samples", "100"]
     assert cli([*base, "--current-dataset", str(same), "--output", str(tmp_path / "same.json")]) == 0
     assert cli([*base, "--current-dataset", str(other), "--output", str(tmp_path / "other.json")]) == 1
     other_result = JobResult.from_json((tmp_path / "other.json").read_text())

@@ -13,6 +13,7 @@ from inference_server.serving.validation import (
     check_batch_items,
     check_token_count,
     normalise_text,
+    precheck_length,
 )
 
 CONTROLS = (
@@ -67,3 +68,11 @@ def test_limits() -> None:
     with pytest.raises(InputProblem) as info:
         check_batch_items(0, 3)
     assert (info.value.status, info.value.code) == (422, "empty_batch")
+
+
+def test_precheck_rejects_only_what_cannot_fit() -> None:
+    precheck_length("word " * 20, 10)  # within the margin: the exact token count decides
+    precheck_length("x" * 10_000, 10)  # one long word: the tokenizer decides
+    with pytest.raises(InputProblem) as info:
+        precheck_length("word " * 21, 10)
+    assert (info.value.status, info.value.code) == (413, "too_many_tokens")

@@ -180,3 +180,18 @@ async def test_batcher_stopped_means_503_draining(make_settings: MakeSettings) -
 async def test_serving_helper_runs_a_whole_lifespan(make_settings: MakeSettings) -> None:
     async with serving(create_app(make_settings())) as client:
         assert (await client.post(c.Path.INFER, json={"text": "great"})).json()["label"] == "positive"
+
+
+def test_a_model_directory_that_is_not_a_classifier_fails_cleanly(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    fatal: list[str] = []
+    app = create_app(make_settings(MODEL_PATH=str(broken)), on_fatal=fatal.append)
+    with TestClient(app) as client:
+        assert wait_phase(app) is Phase.FAILED
+        r = client.get(c.Path.READYZ)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_load_failed"
+    assert len(fatal) == 1
