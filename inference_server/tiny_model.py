@@ -157,10 +157,24 @@ def build_tiny_model(
 ) -> Path:
     """Build, briefly train and save a tiny classifier at `path`; returns the directory."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
 
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
+    # A model this small gains nothing from intra-op threads, and on a busy machine they cost 10x
+    # (22 s instead of 1.7 s measured with the other core loaded).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_and_save(directory, labels, seed, train_steps)
+    finally:
+        torch.set_num_threads(threads)
+    return directory
+
+
+def _train_and_save(directory: Path, labels: Sequence[str], seed: int, train_steps: int) -> None:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = _make_tokenizer(directory)
@@ -187,7 +201,6 @@ def build_tiny_model(
         optimiser.zero_grad()
     model.eval()
     model.save_pretrained(directory)
-    return directory
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m inference_server.tiny_model DIR

@@ -167,13 +167,19 @@ def production_version(registry: Registry) -> str | None:
 Gate = Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]
 
 
-def gate_reasons(registry: Registry, version: str, gate: Gate) -> list[str]:
+def gate_reasons(
+    registry: Registry, version: str, gate: Gate, *, accept_bias_audit_failure: bool = False
+) -> list[str]:
     """Why `version` may not serve traffic (empty when it may)."""
     entry = registry["versions"][version]
     reasons: list[str] = []
     audit = entry.get("bias_audit")
-    if audit is not None and not audit.get("passed", False):
-        reasons.append("its bias audit failed")
+    if audit is not None and not audit.get("passed", False) and not accept_bias_audit_failure:
+        reasons.append(
+            "its bias audit failed (largest gap "
+            f"{audit.get('largest_gap', '?')} > {audit.get('threshold', '?')}); a person may accept the "
+            "risk with --accept-bias-audit-failure and a --reason"
+        )
     current = production_version(registry)
     if current is None or current == version:
         return reasons
@@ -192,7 +198,14 @@ def _transition(entry: dict[str, Any], stage: str, *, now: str, reason: str) -> 
 
 
 def promote(
-    registry: Registry, version: str, stage: str, *, now: str, gate: Gate, reason: str = ""
+    registry: Registry,
+    version: str,
+    stage: str,
+    *,
+    now: str,
+    gate: Gate,
+    reason: str = "",
+    accept_bias_audit_failure: bool = False,
 ) -> Registry:
     """Move `version` to `stage`; entering canary or production passes the gate first, and a new
     production version archives the previous one."""
@@ -206,7 +219,9 @@ def promote(
     if entry["stage"] == stage:
         raise RegistryError(f"version {version} is already {stage}")
     if stage in GATED_STAGES:
-        reasons = gate_reasons(out, version, gate)
+        if accept_bias_audit_failure and not reason:
+            raise RegistryError("accepting a failed bias audit needs a --reason (it goes into the history)")
+        reasons = gate_reasons(out, version, gate, accept_bias_audit_failure=accept_bias_audit_failure)
         if reasons:
             raise GateFailed(version, reasons)
     if stage == "production":
@@ -398,7 +413,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pro = sub.add_parser("promote", help="move a version to another stage (gated for canary/production)")
     pro.add_argument("version")
     pro.add_argument("--to", dest="stage", choices=STAGES, default="production")
-    pro.add_argument("--reason", default="")
+    pro.add_argument("--reason", default="", help="recorded in the version's stage history")
+    pro.add_argument(
+        "--accept-bias-audit-failure",
+        action="store_true",
+        help="promote even though the recorded bias audit failed (needs --reason)",
+    )
     pro.add_argument(
         "--max-f1-drop",
         type=float,
@@ -441,7 +461,15 @@ def run(args: argparse.Namespace) -> int:
 
             def change(r: Registry) -> Registry:
                 previous.append(production_version(r))  # under the lock: the one actually replaced
-                return promote(r, args.version, args.stage, now=now_utc(), gate=gate, reason=args.reason)
+                return promote(
+                    r,
+                    args.version,
+                    args.stage,
+                    now=now_utc(),
+                    gate=gate,
+                    reason=args.reason,
+                    accept_bias_audit_failure=args.accept_bias_audit_failure,
+                )
 
             update_registry(path, change)
             replaced = previous[-1] if args.stage == "production" else None
@@ -464,9 +492,10 @@ def run(args: argparse.Namespace) -> int:
                 raise RegistryError(f"version {args.version} is not registered in {path}")
             print(json.dumps(registry["versions"][args.version], indent=2, sort_keys=True))
     except GateFailed as exc:
+        cli_error("registry", f"refusing to promote {args.version} to {args.stage}:", EXIT_GATE_FAILED)
         for reason in exc.reasons:
             print(f"  - {reason}", file=sys.stderr)
-        return cli_error("registry", str(exc), EXIT_GATE_FAILED)
+        return EXIT_GATE_FAILED
     except MLInputError as exc:
         return cli_error("registry", str(exc), EXIT_BAD_INPUT)
     return EXIT_OK

@@ -96,7 +96,20 @@ def test_gate_refuses_different_data_missing_metrics_and_failed_bias_audit() -> 
     reg = R.register(reg, new("v4", 0.9, bias_audit={"passed": False, "largest_gap": 0.3}), now=NOW)
     assert any("different data" in r for r in R.gate_reasons(reg, "v2", gate()))
     assert any("no metrics" in r for r in R.gate_reasons(reg, "v3", gate()))
-    assert R.gate_reasons(reg, "v4", gate()) == ["its bias audit failed"]
+    (bias,) = R.gate_reasons(reg, "v4", gate())
+    assert bias.startswith("its bias audit failed (largest gap 0.3")
+    with pytest.raises(R.RegistryError, match="needs a --reason"):
+        R.promote(reg, "v4", "canary", now=NOW, gate=gate(), accept_bias_audit_failure=True)
+    accepted = R.promote(
+        reg,
+        "v4",
+        "canary",
+        now=NOW,
+        gate=gate(),
+        accept_bias_audit_failure=True,
+        reason="gap on neutral templates only; mitigation tracked",
+    )
+    assert accepted["versions"]["v4"]["history"][-1]["reason"].startswith("gap on neutral")
 
 
 def test_register_is_idempotent_for_the_same_artifact_only() -> None:
