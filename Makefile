@@ -39,9 +39,9 @@ unit: $(VENV_STAMP) ## unit and API tests (no cluster)
 e2e: $(VENV_STAMP) controlplane ## end-to-end tests on the local control plane
 	$(PY) -m pytest e2e -q
 
-lint: $(VENV_STAMP) ## ruff everywhere, mypy --strict on the contract
-	$(VENV)/bin/ruff check inference_server tests e2e
-	$(VENV)/bin/mypy --strict inference_server/contract.py
+lint: $(VENV_STAMP) ## ruff everywhere, mypy --strict on the product code (data plane, launcher, pod runner)
+	$(VENV)/bin/ruff check inference_server tests e2e conftest.py
+	$(VENV)/bin/mypy --strict inference_server e2e/cluster e2e/podrunner
 
 controlplane: ## build (cold) or reuse (warm) the pinned control-plane binaries in $(CACHE)
 	bash e2e/controlplane/build.sh

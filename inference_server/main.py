@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # transformers draws tqdm bars while loading weights: noise between the JSON log lines of a server.
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()
     refused: list[str] = []
     holder: list[Any] = []
 

@@ -137,6 +137,7 @@ def _examples(labels: Sequence[str], rng: random.Random, n: int) -> list[tuple[s
     out = []
     for _ in range(n):
         cls = rng.randrange(len(labels))
+        pool: tuple[str, ...]
         if cls == 0:
             pool = NEGATIVE_WORDS
         elif cls == len(labels) - 1:

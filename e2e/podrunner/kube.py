@@ -40,9 +40,9 @@ def load_endpoint(kubeconfig: str) -> Endpoint:
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     # Bearer tokens (static or from an exec plugin) appear among the client's auth settings.
-    settings: dict[str, dict[str, Any]] = dict(configuration.auth_settings())  # type: ignore[arg-type]
+    settings: dict[str, dict[str, Any]] = dict(configuration.auth_settings())
     headers = {
         str(setting["key"]).title(): str(setting["value"])
         for setting in settings.values()
