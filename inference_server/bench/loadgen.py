@@ -31,6 +31,7 @@ from inference_server.bench.stats import histogram_totals
 
 REQUEST_TIMEOUT_S = 120.0
 OPEN_LOOP_MAX_CONNECTIONS = 256
+WARMUP_MAX_S = 5.0
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -126,13 +127,18 @@ async def closed_loop(
     metrics: tuple[str, str] | None = None,
 ) -> RunResult:
     if warmup:
+        # Warm-up is bounded in time too: a server that crawls must not turn it into the longest phase.
         scratch = RunResult("warmup")
-        await asyncio.gather(
-            *(
-                _send(client, url, bodies[i % len(bodies)], scratch, i, time.perf_counter())
-                for i in range(warmup)
-            )
-        )
+        pending = iter(range(warmup))
+        warm_deadline = time.perf_counter() + min(duration_s, WARMUP_MAX_S)
+
+        async def warm() -> None:
+            for i in pending:
+                if time.perf_counter() >= warm_deadline:
+                    return
+                await _send(client, url, bodies[i % len(bodies)], scratch, i, time.perf_counter())
+
+        await asyncio.gather(*(warm() for _ in range(concurrency)))
     result = RunResult(name)
     before = await _batch_totals(client, metrics)
     counter = itertools.count()

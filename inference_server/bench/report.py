@@ -109,6 +109,30 @@ class BenchResults:
             "notes": self.notes,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResults:
+        """Back from ``to_dict`` (the JSON next to the report), to re-render a report without re-running."""
+
+        def closed(d: dict[str, Any]) -> ClosedRun:
+            return ClosedRun(**{**d, "summary": RunSummary.from_dict(d["summary"])})
+
+        def opened(d: dict[str, Any]) -> OpenRun:
+            return OpenRun(**{**d, "summary": RunSummary.from_dict(d["summary"])})
+
+        def ceiling(d: dict[str, Any]) -> Ceiling:
+            rates = {int(k): float(v) for k, v in d["sentences_per_s"].items()}  # JSON keys are strings
+            return Ceiling(**{**d, "sentences_per_s": rates})
+
+        quality = data.get("quality")
+        return cls(
+            meta=data["meta"],
+            closed=[closed(d) for d in data["closed"]],
+            open=[opened(d) for d in data["open"]],
+            ceilings=[ceiling(d) for d in data["ceilings"]],
+            quality=Quality(**quality) if quality else None,
+            notes=list(data.get("notes", [])),
+        )
+
 
 @dataclass(frozen=True)
 class Target:
@@ -254,7 +278,10 @@ def _setup_section(res: BenchResults) -> list[str]:
         "torch intra-op threads (from the CPU quota/affinity, `configure_torch_threads`), 1 inter-op thread, "
         "one forward pass at a time; the naive app leaves torch's defaults "
         f"({machine.get('torch_default_threads', '?')} intra-op threads per call) and runs each request in "
-        "Starlette's thread pool (up to 40 at once).",
+        "Starlette's thread pool (up to 40 at once). The servers run with libgomp's default wait policy "
+        "(idle OpenMP threads spin); the in-process ceiling runs with `OMP_WAIT_POLICY=PASSIVE`, "
+        "because spinning makes it collapse whenever anything else runs (see Findings); variant (c2) "
+        "is the server with that setting.",
         f"- Load average (1/5/15 min): before {m.get('load_before', '?')}, after {m.get('load_after', '?')}"
         f"; per variant: {m.get('load_per_variant', '?')}",
         f"- Model: `{model.get('name', '?')}` ({model.get('kind', '?')}), labels {model.get('labels', '?')}",

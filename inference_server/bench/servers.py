@@ -61,6 +61,13 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, name: s
     raise ServerStartError(f"{name} not ready after {READY_TIMEOUT_S:.0f}s:\n{_tail(log_path)}")
 
 
+def _child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The servers get this process's environment minus the OpenMP wait policy that the harness sets
+    for its own in-process measurements (server_bench), plus what the variant asks for."""
+    inherited = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    return {**inherited, **env}
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
@@ -79,7 +86,7 @@ def _spawn(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, env=_child_env(env), stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://{HOST}:{port}"
         _wait_ready(proc, base + ready_path, log_path, name)

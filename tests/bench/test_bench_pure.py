@@ -193,3 +193,14 @@ def test_histogram_totals_adds_sum_and_count_over_label_sets() -> None:
     ])
     assert histogram_totals(exposition, "sentiment_batch_size") == (42.0, 6.0)
     assert histogram_totals("", "sentiment_batch_size") == (0.0, 0.0)
+
+
+def test_results_survive_the_json_round_trip_and_render_the_same() -> None:
+    import json
+
+    res = _results(fp32_rps=100, naive_rps=30, int8_rps=180, ceiling=110, fp32_c1_p50=19.5, bare_p50=18.0,
+                   f1=(0.84, 0.835))
+    again = BenchResults.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert again.ceiling("fp32", "short") == res.ceiling("fp32", "short")  # int batch-size keys restored
+    cs = (1, 8, 32, 64)
+    assert render_report(again, concurrencies=cs) == render_report(res, concurrencies=cs)
