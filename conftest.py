@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tests share two cores with the servers and jobs they start; libgomp's spinning idle threads then
+# stall every forward pass (see inference_server/main.py). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

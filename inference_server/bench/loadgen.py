@@ -253,11 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(args[0]).read_text())
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # uvloop is optional: the standard loop works, at a little more client CPU
-        runner = asyncio.run
-    results = runner(run_spec(spec))
+        results = asyncio.run(run_spec(spec))
+    else:
+        results = uvloop.run(run_spec(spec))
     Path(args[1]).write_text(json.dumps({"runs": [r.to_dict() for r in results]}))
     return 0
 

@@ -298,7 +298,8 @@ def _setup_section(res: BenchResults) -> list[str]:
         "every variant.",
         f"- Closed loop: per cell up to {run.get('max_requests', '?')} requests or "
         f"{run.get('duration_s', '?')} s, whichever comes first, after {run.get('warmup', '?')} discarded "
-        "warm-up requests; concurrency = number of client workers with one request in flight each.",
+        "warm-up requests (at most 5 s); concurrency = number of client workers with one request in "
+        "flight each.",
         f"- Open loop: {run.get('arrivals', '?')} arrivals at 75% of the variant's best closed-loop "
         f"throughput for {run.get('open_duration_s', '?')} s; latency is measured from the scheduled send "
         "time (no coordinated omission).",
