@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from inference_server.ml.common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
     MLInputError,
+    add_model_arguments,
     cli_error,
     write_json_atomic,
 )
@@ -259,16 +259,7 @@ def score(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=os.environ.get(Env.MODEL_PATH),
-        help=f"model directory (default: ${Env.MODEL_PATH})",
-    )
-    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
-    parser.add_argument(
-        "--calibration", type=Path, default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None
-    )
+    add_model_arguments(parser)
     parser.add_argument("--dataset", type=Path, default=DATASET_PATH, help="templates × terms JSON")
     parser.add_argument(
         "--threshold",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Final
+
+from inference_server.contract import Env
 
 EXIT_OK: Final = 0
 EXIT_GATE_FAILED: Final = 1  # the command ran and its verdict is "fail" (compare, audits)
@@ -51,3 +54,22 @@ def read_json(path: Path, what: str) -> Any:
         raise MLInputError(f"{what} not found: {path}") from None
     except json.JSONDecodeError as e:
         raise MLInputError(f"{what} is not valid JSON: {path}: {e}") from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, calibration: bool = True) -> None:
+    """--model, --model-version and (optionally) --calibration, defaulting to the environment the server
+    image sets (contract.Env), so a Job in that image needs no flags for them."""
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=os.environ.get(Env.MODEL_PATH),
+        help=f"model directory (default: ${Env.MODEL_PATH})",
+    )
+    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
+    if calibration:
+        parser.add_argument(
+            "--calibration",
+            type=Path,
+            default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None,
+            help=f"calibration params JSON, confidences as served (default: ${Env.CALIBRATION_PARAMS_PATH})",
+        )

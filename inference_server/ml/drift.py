@@ -42,6 +42,7 @@ from inference_server.contract import (
     JobOutcome,
     JobResult,
 )
+from inference_server.ml.common import add_model_arguments
 
 # From measurements with the default model (docs/reports/drift.md): a fresh in-domain sample scores
 # 0.038, the out-of-domain tweets 1.13. 0.15 is 4x the in-domain figure and above the 99.9% KS
@@ -455,14 +456,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
     )
     parser.add_argument("--window", default="1h", help="Prometheus window, e.g. 1h (default 1h)")
-    parser.add_argument("--model", type=Path, default=os.environ.get(Env.MODEL_PATH), help="model directory")
-    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
-    parser.add_argument(
-        "--calibration",
-        type=Path,
-        default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None,
-        help="calibration params JSON (confidence as the server reports it)",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--sample", type=int, default=None, help="score a random sample of N texts per dataset"
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,7 +20,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from inference_server.contract import Env
-from inference_server.ml.common import EXIT_BAD_INPUT, EXIT_OK, MLInputError, cli_error, write_json_atomic
+from inference_server.ml.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    MLInputError,
+    add_model_arguments,
+    cli_error,
+    write_json_atomic,
+)
 
 MAX_TEXTS: Final = 200
 # Word-piece markers of the common tokenizer families: continuation (WordPiece) and word start
@@ -190,13 +196,7 @@ def write_png(items: Sequence[ExplainedText], path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=os.environ.get(Env.MODEL_PATH),
-        help=f"model directory (default: ${Env.MODEL_PATH})",
-    )
-    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
+    add_model_arguments(parser, calibration=False)
     parser.add_argument("--text", action="append", default=[], help="a text to explain (repeatable)")
     parser.add_argument(
         "--input", type=Path, help="texts, one per line (.txt) or a 'text' field per line (.jsonl)"

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from inference_server.contract import Env, JobKind, JobOutcome, JobResult
-from inference_server.ml.common import EXIT_BAD_INPUT, EXIT_OK, MLInputError, cli_error
+from inference_server.ml.common import EXIT_BAD_INPUT, EXIT_OK, MLInputError, add_model_arguments, cli_error
 
 CHECKPOINT_VERSION: Final = 1
 DEFAULT_CHUNK: Final = 256
@@ -547,16 +547,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output-sql", metavar="URL", help="sqlite:///path.db (or a path); needs --output-table"
     )
     parser.add_argument("--output-table")
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=os.environ.get(Env.MODEL_PATH),
-        help=f"model directory (default: ${Env.MODEL_PATH})",
-    )
-    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
-    parser.add_argument(
-        "--calibration", type=Path, default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--shard",
         type=int,
