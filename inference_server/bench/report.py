@@ -278,10 +278,10 @@ def _setup_section(res: BenchResults) -> list[str]:
         "torch intra-op threads (from the CPU quota/affinity, `configure_torch_threads`), 1 inter-op thread, "
         "one forward pass at a time; the naive app leaves torch's defaults "
         f"({machine.get('torch_default_threads', '?')} intra-op threads per call) and runs each request in "
-        "Starlette's thread pool (up to 40 at once). The servers run with libgomp's default wait policy "
-        "(idle OpenMP threads spin); the in-process ceiling runs with `OMP_WAIT_POLICY=PASSIVE`, "
-        "because spinning makes it collapse whenever anything else runs (see Findings); variant (c2) "
-        "is the server with that setting.",
+        "Starlette's thread pool (up to 40 at once). `sentiment-server` and the in-process ceiling run "
+        "libgomp with `OMP_WAIT_POLICY=PASSIVE` (the server sets it before torch loads, "
+        "`inference_server/main.py`), because spinning idle OpenMP threads make a forward pass collapse "
+        "whenever anything else runs (see Findings); the naive app keeps libgomp's default.",
         f"- Load average (1/5/15 min): before {m.get('load_before', '?')}, after {m.get('load_after', '?')}"
         f"; per variant: {m.get('load_per_variant', '?')}",
         f"- Model: `{model.get('name', '?')}` ({model.get('kind', '?')}), labels {model.get('labels', '?')}",
