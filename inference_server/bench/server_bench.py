@@ -43,6 +43,7 @@ from inference_server.bench.report import (
 )
 from inference_server.bench.stats import summarise
 from inference_server.contract import METRIC_BATCH_SIZE, Env
+from inference_server.ml.common import add_data_dir_argument
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 OPEN_LOOP_LOAD = 0.75
@@ -411,9 +412,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="model directory (default: the default model if built, else the tiny test model)",
     )
-    p.add_argument(
-        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
-    )
+    add_data_dir_argument(p)
     p.add_argument(
         "--dataset", default="rotten_tomatoes", help="dataset whose test split supplies the inputs"
     )

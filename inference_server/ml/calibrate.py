@@ -20,7 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_server.ml import metrics as M
-from inference_server.ml.common import EXIT_OK, MLInputError, cli_error, write_json_atomic
+from inference_server.ml.common import (
+    EXIT_OK,
+    MLInputError,
+    add_data_dir_argument,
+    cli_error,
+    write_json_atomic,
+)
 from inference_server.ml.datasets import Example, default_data_root
 
 if TYPE_CHECKING:
@@ -163,9 +169,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model directory (MODEL_PATH)")
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="validation", help="split to fit on (default: %(default)s)")
     parser.add_argument(

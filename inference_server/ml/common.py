@@ -73,3 +73,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, calibration: bool = 
             default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None,
             help=f"calibration params JSON, confidences as served (default: ${Env.CALIBRATION_PARAMS_PATH})",
         )
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """--data-dir: the dataset root that `sentiment-ml datasets` builds (default: under the cache)."""
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help=f"dataset root (default: ${CACHE_ENV}/datasets)"
+    )

@@ -37,6 +37,7 @@ from typing import Any, Final
 from inference_server.ml.common import (
     EXIT_OK,
     MLInputError,
+    add_data_dir_argument,
     cache_root,
     cli_error,
     read_json,
@@ -377,9 +378,7 @@ def ensure_datasets(
 
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
-    )
+    add_data_dir_argument(parser)
     parser.add_argument(
         "--name",
         action="append",

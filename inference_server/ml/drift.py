@@ -42,7 +42,7 @@ from inference_server.contract import (
     JobOutcome,
     JobResult,
 )
-from inference_server.ml.common import add_model_arguments
+from inference_server.ml.common import add_data_dir_argument, add_model_arguments
 
 # From measurements with the default model (docs/reports/drift.md): a fresh in-domain sample scores
 # 0.038, the out-of-domain tweets 1.13. 0.15 is 4x the in-domain figure and above the 99.9% KS
@@ -452,9 +452,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cur.add_argument("--current-dataset", metavar="NAME:SPLIT|FILE.jsonl")
     cur.add_argument("--current-predictions", type=Path, metavar="FILE.jsonl")
     cur.add_argument("--prometheus-url", help="current window from the serving model's metrics")
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--window", default="1h", help="Prometheus window, e.g. 1h (default 1h)")
     add_model_arguments(parser)
     parser.add_argument(

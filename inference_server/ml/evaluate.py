@@ -32,6 +32,7 @@ from inference_server.ml import metrics as M
 from inference_server.ml.common import (
     EXIT_OK,
     MLInputError,
+    add_data_dir_argument,
     cli_error,
     read_json,
     write_json_atomic,
@@ -203,9 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model directory (MODEL_PATH)")
     parser.add_argument("--version", default=None, help="model version to record (default: directory name)")
     parser.add_argument("--model-sha256", default=None, help="refuse the model unless it has this sha256")
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
     parser.add_argument(

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from inference_server.ml import metrics as M
-from inference_server.ml.common import EXIT_OK, MLInputError, cli_error, write_json_atomic
+from inference_server.ml.common import (
+    EXIT_OK,
+    MLInputError,
+    add_data_dir_argument,
+    cli_error,
+    write_json_atomic,
+)
 from inference_server.ml.datasets import default_data_root
 
 if TYPE_CHECKING:
@@ -184,9 +190,7 @@ def markdown(doc: dict[str, Any]) -> str:
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="fp32 model directory (MODEL_PATH)")
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
     parser.add_argument(

@@ -26,6 +26,7 @@ from typing import Any, Final
 from inference_server.ml.common import (
     EXIT_OK,
     MLInputError,
+    add_data_dir_argument,
     cli_error,
     write_json_atomic,
 )
@@ -362,9 +363,7 @@ def train_model(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--output", type=Path, required=True, help="new model directory (must be empty)")
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="dataset root (default: $SENTIMENT_CACHE/datasets)"
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--dataset", default=d.dataset)
     parser.add_argument(
         "--encoder",
