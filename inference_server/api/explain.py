@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from inference_server.api.deps import Ctx, Engine
 from inference_server.api.errors import ApiError
+from inference_server.api.middleware import request_start
 from inference_server.api.responses import JSONBytes
 from inference_server.api.schemas import ExplainRequest, ExplainResponse, error_responses
 from inference_server.contract import Path, Span
@@ -30,7 +31,7 @@ async def explain(
     engine: Engine,
     ctx: Ctx,
 ) -> Response:
-    start = request.scope.get("sr.start") or time.perf_counter()
+    start = request_start(request)
     fp32 = ctx.state.explain_model
     if fp32 is None:  # enabled routes imply it; guard against a half-started state anyway
         raise ApiError(503, "not_ready", "explainability model is not loaded")

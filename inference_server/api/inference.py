@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from inference_server.api.deps import Engine, release_ticket
+from inference_server.api.middleware import request_start
 from inference_server.api.responses import JSONBytes
 from inference_server.api.schemas import (
     BatchRequest,
@@ -23,11 +24,6 @@ router = APIRouter(tags=["inference"])
 batch_router = APIRouter(tags=["inference"])
 
 
-def _start(request: Request) -> float:
-    start: float = request.scope.get("sr.start") or time.perf_counter()
-    return start
-
-
 @router.post(
     Path.INFER,
     response_model=InferResponse,
@@ -39,7 +35,7 @@ async def infer(
     request: Request,
     engine: Engine,
 ) -> Response:
-    start = _start(request)
+    start = request_start(request)
     try:
         prepared = engine.prepare(body.text, body.request_id, endpoint=Path.INFER)
     finally:
@@ -65,7 +61,7 @@ async def infer_batch(
     request: Request,
     engine: Engine,
 ) -> Response:
-    start = _start(request)
+    start = request_start(request)
     limit: int = request.app.state.ctx.settings.max_batch_items
     try:
         check_batch_items(len(body.items), limit)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference_server.contract import Path
@@ -21,6 +22,17 @@ OTHER_ENDPOINT = "other"  # anything else (404s, scanners) shares one series: bo
 
 def endpoint_label(path: str) -> str:
     return path if path in KNOWN_ENDPOINTS else OTHER_ENDPOINT
+
+
+
+# Where the middleware records when a request arrived, so handlers report latency_ms from that origin.
+REQUEST_START_KEY = "sr.start"
+
+
+def request_start(request: Request) -> float:
+    """When the middleware saw the request (now, for a handler called without the middleware)."""
+    start: float = request.scope.get(REQUEST_START_KEY) or time.perf_counter()
+    return start
 
 
 class RequestMetrics:
@@ -42,7 +54,7 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        scope["sr.start"] = start  # handlers report latency_ms from the same origin
+        scope[REQUEST_START_KEY] = start
         status = 500
 
         async def send_wrapper(message: Message) -> None:
