@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # Tests share two cores with the servers and jobs they start; libgomp's spinning idle threads then
@@ -10,6 +11,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The INT8 ONNX models the tests build are cached per session, never in the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("onnx-cache")
+        mp.setenv("ONNX_CACHE_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,8 @@ class Env(StrEnum):
     TORCH_THREADS = "TORCH_THREADS"  # 0: from the CPU quota
     SHUTDOWN_GRACE_SECONDS = "SHUTDOWN_GRACE_SECONDS"
     LOG_LEVEL = "LOG_LEVEL"
+    INT8_BACKEND = "INT8_BACKEND"  # enable_quantized_model: "onnxruntime" (default) | "torch"
+    ONNX_CACHE_DIR = "ONNX_CACHE_DIR"  # where the built INT8 ONNX model is cached (an emptyDir in a pod)
 
 
 # --- Prometheus metrics -------------------------------------------------------------------------
@@ -76,6 +78,9 @@ METRIC_REQUESTS: Final = "sentiment_requests"
 METRIC_REQUESTS_SERIES: Final = "sentiment_requests_total"
 METRIC_REQUEST_LATENCY: Final = "sentiment_request_latency_seconds"
 METRIC_BATCH_SIZE: Final = "sentiment_batch_size"
+# Seconds per forward pass (one per micro-batch) on the forward thread: with the request latency it
+# tells what the server adds to the model (the benchmark's overhead at concurrency 1).
+METRIC_FORWARD_LATENCY: Final = "sentiment_forward_latency_seconds"
 METRIC_PREDICTIONS: Final = "sentiment_predictions"
 METRIC_PREDICTIONS_SERIES: Final = "sentiment_predictions_total"
 METRIC_CONFIDENCE: Final = "sentiment_prediction_confidence"
@@ -90,6 +95,7 @@ METRIC_LABELS: Final[dict[str, tuple[str, ...]]] = {
     METRIC_REQUESTS: (LABEL_MODEL_VERSION, LABEL_ENDPOINT, LABEL_STATUS_CODE),
     METRIC_REQUEST_LATENCY: (LABEL_MODEL_VERSION, LABEL_ENDPOINT),
     METRIC_BATCH_SIZE: (LABEL_MODEL_VERSION,),
+    METRIC_FORWARD_LATENCY: (LABEL_MODEL_VERSION,),
     METRIC_PREDICTIONS: (LABEL_MODEL_VERSION, LABEL_LABEL),
     METRIC_CONFIDENCE: (LABEL_MODEL_VERSION,),
     METRIC_INPUT_TOKENS: (LABEL_MODEL_VERSION, LABEL_ENDPOINT),

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_server.contract import HTTP_PORT, Env
+from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND, Int8Backend
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,10 @@ class ServerSettings(BaseSettings):
     calibration_params_path: Path | None = Field(None, validation_alias=_env(Env.CALIBRATION_PARAMS_PATH))
     enable_ab_routing: bool = Field(False, validation_alias=_env(Env.ENABLE_AB_ROUTING))
     enable_quantized_model: bool = Field(False, validation_alias=_env(Env.ENABLE_QUANTIZED_MODEL))
+    # How enable_quantized_model is served (runtime/quantization.py); ONNX Runtime builds its INT8 file
+    # once into ONNX_CACHE_DIR (None: $ONNX_CACHE_DIR or the user cache, see runtime/onnx_int8.py).
+    int8_backend: Int8Backend = Field(DEFAULT_INT8_BACKEND, validation_alias=_env(Env.INT8_BACKEND))
+    onnx_cache_dir: Path | None = Field(None, validation_alias=_env(Env.ONNX_CACHE_DIR))
     enable_explainability: bool = Field(False, validation_alias=_env(Env.ENABLE_EXPLAINABILITY))
     otlp_endpoint: str | None = Field(None, validation_alias=_env(Env.OTEL_EXPORTER_OTLP_ENDPOINT))
 
@@ -107,6 +112,25 @@ class ServerSettings(BaseSettings):
     def _calibration_file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a file (expected temperature-scaling JSON)")
+        return value
+
+    @field_validator("int8_backend", mode="before")
+    @classmethod
+    def _backend_lower(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or DEFAULT_INT8_BACKEND
+        return value
+
+    @field_validator("onnx_cache_dir", mode="before")
+    @classmethod
+    def _empty_cache_dir_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("onnx_cache_dir")
+    @classmethod
+    def _cache_dir_usable(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
         return value
 
     @field_validator("log_level", mode="before")

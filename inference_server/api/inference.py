@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from inference_server.api.deps import Engine, release_ticket
 from inference_server.api.middleware import request_start
-from inference_server.api.responses import JSONBytes
+from inference_server.api.responses import JSONBytesThen
 from inference_server.api.schemas import (
     BatchRequest,
     BatchResponse,
@@ -43,11 +43,10 @@ async def infer(
     answer = await engine.classify(prepared)
     latency_ms = (time.perf_counter() - start) * 1000.0
     with engine.tracer.start_as_current_span(Span.RESPONSE_SERIALIZE):
-        response = JSONBytes(
-            answer.to_dict(model_version=engine.version, calibrated=engine.calibrated, latency_ms=latency_ms)
+        return JSONBytesThen(
+            answer.to_dict(model_version=engine.version, calibrated=engine.calibrated, latency_ms=latency_ms),
+            after_send=lambda: engine.log(answer, endpoint=Path.INFER, latency_ms=latency_ms),
         )
-    engine.log(answer, endpoint=Path.INFER, latency_ms=latency_ms)
-    return response
 
 
 @batch_router.post(
@@ -73,8 +72,13 @@ async def infer_batch(
         release_ticket(request)
     answers = await engine.classify_many(prepared)
     latency_ms = (time.perf_counter() - start) * 1000.0
+
+    def write_logs() -> None:
+        for a in answers:
+            engine.log(a, endpoint=Path.INFER_BATCH, latency_ms=latency_ms)
+
     with engine.tracer.start_as_current_span(Span.RESPONSE_SERIALIZE):
-        response = JSONBytes(
+        return JSONBytesThen(
             {
                 "results": [
                     a.to_dict(
@@ -84,8 +88,6 @@ async def infer_batch(
                 ],
                 "model_version": engine.version,
                 "latency_ms": round(latency_ms, 3),
-            }
+            },
+            after_send=write_logs,
         )
-    for a in answers:
-        engine.log(a, endpoint=Path.INFER_BATCH, latency_ms=latency_ms)
-    return response

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 
 class JSONBytes(Response):
@@ -14,6 +15,25 @@ class JSONBytes(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class JSONBytesThen(JSONBytes):
+    """A JSON response that calls ``after_send`` once it is sent (or failed to send).
+
+    For the per-request log lines: ~0.1 ms each (LogRecord, formatting, a write) that the client need
+    not wait for. Unlike a BackgroundTask it runs on the event loop (no thread-pool hop) and also when
+    the client has gone, so no line is lost.
+    """
+
+    def __init__(self, content: Any, *, after_send: Callable[[], None]) -> None:
+        super().__init__(content)
+        self._after_send = after_send
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._after_send()
 
 
 def error_body(code: str, message: str, *, field: str | None = None, details: Any = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""In-process measurements (torch in this process, no HTTP): the raw forward-pass ceiling (b), the bare
-single-sentence forward latency (what the server's per-request overhead is measured against), and
-macro-F1 of fp32 vs INT8 on the test split. Uses the same runtime calls as the server's hot path
-(``encode_ids`` → ``forward_ids``) with the same thread settings (``configure_torch_threads``)."""
+"""In-process measurements (torch / ONNX Runtime in this process, no HTTP): the raw forward-pass
+ceiling (b), the bare single-sentence forward latency (what the server's per-request overhead is
+measured against), and macro-F1 of fp32 vs INT8 on the test split. Uses the same runtime calls as
+the server's hot path (``encode_ids`` → ``forward_ids``) with the same thread settings
+(``configure_torch_threads``)."""
 
 from __future__ import annotations
 

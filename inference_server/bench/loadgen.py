@@ -45,6 +45,7 @@ class RunResult:
     first_error: str | None = None
     batches: float | None = None  # forward passes the server ran during the run (from its /metrics)
     batched_items: float | None = None  # texts those forward passes held
+    forward_s: float | None = None  # seconds those passes took on the server's forward thread
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class RunResult:
             "first_error": self.first_error,
             "batches": self.batches,
             "batched_items": self.batched_items,
+            "forward_s": self.forward_s,
         }
 
 
@@ -94,24 +96,30 @@ async def _send(client: Any, url: str, body: bytes, result: RunResult, index: in
     result.records.append((index, status, latency, label, server_ms))
 
 
-async def _batch_totals(client: Any, metrics: tuple[str, str] | None) -> tuple[float, float] | None:
-    """The server's batch-size histogram (sum, count) now, or None when it has none (the naive app)."""
+Totals = list[tuple[float, float]]
+
+
+async def _batch_totals(client: Any, metrics: tuple[str, ...] | None) -> Totals | None:
+    """(sum, count) now of each server histogram named after the /metrics URL (batch size, then forward
+    seconds when named), or None when the server has none (the naive app)."""
     if metrics is None:
         return None
     try:
         async with client.get(metrics[0]) as response:
             if response.status != 200:
                 return None
-            return histogram_totals(await response.text(), metrics[1])
+            text = await response.text()
+            return [histogram_totals(text, name) for name in metrics[1:]]
     except Exception:  # a failed scrape only loses the batch-size column, never the run
         return None
 
 
-def _set_batches(
-    result: RunResult, before: tuple[float, float] | None, after: tuple[float, float] | None
-) -> None:
+def _set_batches(result: RunResult, before: Totals | None, after: Totals | None) -> None:
     if before is not None and after is not None:
-        result.batched_items, result.batches = after[0] - before[0], after[1] - before[1]
+        result.batched_items = after[0][0] - before[0][0]
+        result.batches = after[0][1] - before[0][1]
+        if len(after) > 1:
+            result.forward_s = after[1][0] - before[1][0]
 
 
 async def closed_loop(
@@ -124,7 +132,7 @@ async def closed_loop(
     max_requests: int,
     duration_s: float,
     warmup: int,
-    metrics: tuple[str, str] | None = None,
+    metrics: tuple[str, ...] | None = None,
 ) -> RunResult:
     if warmup:
         # Warm-up is bounded in time too: a server that crawls must not turn it into the longest phase.
@@ -172,7 +180,7 @@ async def open_loop(
     duration_s: float,
     seed: int,
     arrivals: str,
-    metrics: tuple[str, str] | None = None,
+    metrics: tuple[str, ...] | None = None,
 ) -> RunResult:
     count = max(1, min(max_requests, int(rate * duration_s)))
     offsets = arrival_offsets(rate, count, arrivals=arrivals, seed=seed)  # type: ignore[arg-type]
@@ -203,7 +211,10 @@ async def run_spec(spec: dict[str, Any]) -> list[RunResult]:
 
     url: str = spec["url"]
     bodies = [json.dumps({"text": t}).encode("utf-8") for t in spec["texts"]]
-    metrics = (spec["metrics_url"], spec["batch_metric"]) if spec.get("metrics_url") else None
+    metrics: tuple[str, ...] | None = None
+    if spec.get("metrics_url"):
+        forward = [spec["forward_metric"]] if spec.get("forward_metric") else []
+        metrics = (spec["metrics_url"], spec["batch_metric"], *forward)
     results = []
     for run in spec["runs"]:
         connections = run["concurrency"] if run["mode"] == "closed" else OPEN_LOOP_MAX_CONNECTIONS

@@ -55,6 +55,10 @@ class ClosedRun:
     client_cpu_share: float  # client CPU seconds / wall seconds (1.0 = one core)
     agreement: float | None  # share of answers matching the in-process prediction of the same model
     mean_batch: float | None = None  # texts per forward pass in the server during the run (its /metrics)
+    server_mean_ms: float | None = None  # the server's own latency_ms, mean
+    # Mean forward pass as the server ran it (its sentiment_forward_latency_seconds over the run); at
+    # concurrency 1 every request had exactly one pass, so latency minus this is what the server adds.
+    forward_mean_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -208,16 +212,26 @@ def evaluate_targets(res: BenchResults) -> list[Target]:
             )
         )
     for length in LENGTHS:
-        overhead = overhead_ms(res, "fp32", length)
-        out.append(
-            Target(
-                f"server overhead at c=1 over the bare forward pass, fp32, {length}",
-                f"≤ {OVERHEAD_BUDGET_MS:.0f} ms",
-                f"{overhead:+.2f} ms (client-observed p50)",
-                _judge(overhead, overhead <= OVERHEAD_BUDGET_MS),
-            )
-        )
+        out.append(_overhead_target(res, length))
     return out
+
+
+def _overhead_target(res: BenchResults, length: str) -> Target:
+    """Judged on what the server adds to its own forward pass (mean latency_ms minus mean forward pass
+    on its forward thread, same requests); the client-observed figure beside it adds HTTP on loopback and
+    the client. Runs that did not record the server's forward time fall back to the bare in-process
+    forward p50, which a separate process measured at another moment (noisier: it can even go negative)."""
+    name = f"server overhead at c=1 over the forward pass, fp32, {length}"
+    budget = f"≤ {OVERHEAD_BUDGET_MS:.0f} ms"
+    server_side, client = as_run_overhead_ms(res, "fp32", length)
+    if not math.isnan(server_side):
+        measured = (
+            f"{server_side:+.2f} ms server-side, {client:+.2f} ms client-observed (means, forward as run)"
+        )
+        return Target(name, budget, measured, server_side <= OVERHEAD_BUDGET_MS)
+    overhead = overhead_ms(res, "fp32", length)
+    measured = f"{overhead:+.2f} ms (client-observed p50 over the bare in-process forward p50)"
+    return Target(name, budget, measured, _judge(overhead, overhead <= OVERHEAD_BUDGET_MS))
 
 
 def overhead_ms(res: BenchResults, variant: str, length: str) -> float:
@@ -227,6 +241,16 @@ def overhead_ms(res: BenchResults, variant: str, length: str) -> float:
     if run is None or ceil is None:
         return math.nan
     return run.summary.p50_ms - ceil.batch1_p50_ms
+
+
+def as_run_overhead_ms(res: BenchResults, variant: str, length: str) -> tuple[float, float]:
+    """(server-side, client-observed) mean latency at concurrency 1 minus the mean forward pass as the
+    server ran it; NaN where the server reported no forward time or latency."""
+    run = res.run(variant, length, 1)
+    if run is None or run.forward_mean_ms is None:
+        return math.nan, math.nan
+    server = run.server_mean_ms - run.forward_mean_ms if run.server_mean_ms is not None else math.nan
+    return server, run.summary.mean_ms - run.forward_mean_ms
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -273,7 +297,11 @@ def _setup_section(res: BenchResults) -> list[str]:
         f"({machine.get('cpu_limit', 'no cgroup CPU quota')}), {machine.get('memory', '?')}; "
         f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')}, "
         f"transformers {machine.get('transformers', '?')}, tokenizers {machine.get('tokenizers', '?')}, "
-        f"uvicorn {machine.get('uvicorn', '?')}, aiohttp {machine.get('aiohttp', '?')}",
+        f"uvicorn {machine.get('uvicorn', '?')}, aiohttp {machine.get('aiohttp', '?')}, "
+        f"onnxruntime {machine.get('onnxruntime', '?')}",
+        f"- INT8 (ceiling and (d)): {int8_description(m)} — the backend the server serves by default "
+        "under `enable_quantized_model` (`INT8_BACKEND`); ONNX Runtime's session uses the same intra-op "
+        "thread count, 1 inter-op thread, and no spinning idle threads.",
         f"- Threads: sentiment-server and the in-process ceiling use {machine.get('torch_threads', '?')} "
         "torch intra-op threads (from the CPU quota/affinity, `configure_torch_threads`), 1 inter-op thread, "
         "one forward pass at a time; the naive app leaves torch's defaults "
@@ -451,7 +479,7 @@ def _overhead_section(res: BenchResults) -> list[str]:
             ceil = res.ceiling(precision_of(v), length)
             if run is None or ceil is None:
                 continue
-            server_side = (run.server_p50_ms - ceil.batch1_p50_ms) if run.server_p50_ms is not None else None
+            server_side, client = as_run_overhead_ms(res, v, length)
             rows.append(
                 [
                     VARIANT_TITLES[v],
@@ -459,17 +487,23 @@ def _overhead_section(res: BenchResults) -> list[str]:
                     _f(ceil.batch1_p50_ms, 2),
                     _f(run.summary.p50_ms, 2),
                     _f(overhead_ms(res, v, length), 2),
-                    _f(run.server_p50_ms, 2),
+                    _f(run.forward_mean_ms, 2),
+                    _f(run.server_mean_ms, 2),
+                    _f(run.summary.mean_ms, 2),
                     _f(server_side, 2),
+                    _f(client, 2),
                 ]
             )
     lines = [
         "## Per-request overhead at concurrency 1",
         "",
-        "Bare forward pass = in-process single-sentence `forward_ids` p50 (fp32, or INT8 for (d)). "
-        "Client-observed overhead includes HTTP on loopback, JSON, tokenisation and the client's own "
-        "time; server-side uses the `latency_ms` the server reports (from its first middleware to the "
-        "response), so it excludes the client and the socket.",
+        "What the server adds is measured against the forward pass *as the server ran it*: every server "
+        "times each pass on its forward thread (`sentiment_forward_latency_seconds`), and at concurrency 1 "
+        "each request has exactly one pass, so *server-side* = mean `latency_ms` (first middleware to "
+        "response, excluding the socket and uvicorn's parsing) minus the mean pass, and *client-observed* "
+        "= mean client latency (adds HTTP on loopback and the client itself) minus the mean pass. The "
+        "older comparison with the bare in-process `forward_ids` p50 (fp32, or INT8 for (d)) is kept for "
+        "the naive app, which reports no forward time; it mixes in whatever else ran when each was measured.",
         "",
     ]
     lines += _table(
@@ -478,13 +512,23 @@ def _overhead_section(res: BenchResults) -> list[str]:
             "inputs",
             "bare forward p50 ms",
             "HTTP p50 ms",
-            "overhead (client) ms",
-            "server-side p50 ms",
-            "overhead (server-side) ms",
+            "HTTP p50 − bare ms",
+            "forward as run, mean ms",
+            "server latency mean ms",
+            "HTTP mean ms",
+            "overhead server-side ms",
+            "overhead client-observed ms",
         ],
         rows,
     )
     return [*lines, ""]
+
+
+def int8_description(meta: dict[str, Any]) -> str:
+    """What (d) and the INT8 ceiling ran: runs before the ONNX Runtime backend recorded none (torch)."""
+    if meta.get("int8_backend", "torch") == "onnxruntime":
+        return "INT8 (ONNX Runtime: fused encoder, dynamic INT8)"
+    return "INT8 (torch dynamic, Linear layers)"
 
 
 def _quality_section(res: BenchResults) -> list[str]:
@@ -496,7 +540,7 @@ def _quality_section(res: BenchResults) -> list[str]:
         ["precision", "macro-F1", "accuracy"],
         [
             ["fp32", f"{q.macro_f1_fp32:.4f}", f"{q.accuracy_fp32:.4f}"],
-            ["INT8 (dynamic, Linear layers)", f"{q.macro_f1_int8:.4f}", f"{q.accuracy_int8:.4f}"],
+            [int8_description(res.meta), f"{q.macro_f1_int8:.4f}", f"{q.accuracy_int8:.4f}"],
         ],
     )
     lines += [

@@ -42,7 +42,7 @@ from inference_server.bench.report import (
     render_report,
 )
 from inference_server.bench.stats import summarise
-from inference_server.contract import METRIC_BATCH_SIZE, Env
+from inference_server.contract import METRIC_BATCH_SIZE, METRIC_FORWARD_LATENCY, Env
 from inference_server.ml.common import add_data_dir_argument
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -190,9 +190,16 @@ def machine_info(torch_default_threads: int, torch_threads: int) -> dict[str, An
         "tokenizers": _version("tokenizers"),
         "uvicorn": _version("uvicorn"),
         "aiohttp": _version("aiohttp"),
+        "onnxruntime": _version("onnxruntime"),
         "torch_threads": torch_threads,
         "torch_default_threads": torch_default_threads,
     }
+
+
+def _int8_backend() -> str:
+    from inference_server.runtime.quantization import int8_backend_from_env
+
+    return int8_backend_from_env()
 
 
 def _load() -> str:
@@ -212,13 +219,15 @@ def run_in_process(
 ) -> InProcess:
     from inference_server.bench.inprocess import measure_ceiling, measure_quality, predicted_labels
     from inference_server.runtime.model import load_model
-    from inference_server.runtime.quantization import quantize_dynamic_int8
+    from inference_server.runtime.quantization import int8_backend_from_env, int8_variant
     from inference_server.settings import ServerSettings
 
     max_tokens = ServerSettings.model_fields["max_tokens"].default
     fp32 = load_model(model_dir, max_tokens=max_tokens)
-    # Exactly what the server does for enable_quantized_model (serving/lifecycle.py).
-    int8 = dataclasses.replace(fp32, model=quantize_dynamic_int8(fp32.model), quantized=True)
+    # Exactly what the server does for enable_quantized_model (serving/lifecycle.py), with the backend
+    # it serves by default (INT8_BACKEND, which the (d) server inherits too). With ONNX Runtime this
+    # also builds the cached INT8 file that the (d) server then loads.
+    int8 = int8_variant(fp32, backend=int8_backend_from_env())
     models = {"fp32": fp32, "int8": int8}
     ceilings, expected = [], {}
     for precision, m in models.items():
@@ -255,7 +264,11 @@ def run_loadgen(
     spec_path, out_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
     spec = {"url": url, "texts": list(texts), "runs": runs}
     if not tag.startswith("naive"):  # sentiment-server: read its batch sizes from /metrics
-        spec |= {"metrics_url": url.rsplit("/", 1)[0] + "/metrics", "batch_metric": METRIC_BATCH_SIZE}
+        spec |= {
+            "metrics_url": url.rsplit("/", 1)[0] + "/metrics",
+            "batch_metric": METRIC_BATCH_SIZE,
+            "forward_metric": METRIC_FORWARD_LATENCY,  # the pass as the server ran it (overhead at c=1)
+        }
     spec_path.write_text(json.dumps(spec))
     budget = sum(r["duration_s"] + 120.0 for r in runs) + 60.0
     proc = subprocess.run(
@@ -307,6 +320,8 @@ def closed_runs(
             run["client_cpu_s"] / run["elapsed_s"] if run["elapsed_s"] else 0.0,
             agreement,
             _mean_batch(run),
+            statistics.fmean(server_ms) if server_ms else None,
+            _mean_forward_ms(run),
         )
         if run["first_error"]:
             log(f"  first error: {run['first_error']}")
@@ -348,6 +363,12 @@ def open_run(variant: str, url: str, inputs: InputSet, rate: float, plan: Plan, 
         run["client_cpu_s"] / run["elapsed_s"] if run["elapsed_s"] else 0.0,
         _mean_batch(run),
     )
+
+
+def _mean_forward_ms(run: dict[str, Any]) -> float | None:
+    """Mean milliseconds per forward pass on the server's forward thread during the run."""
+    forward_s, batches = run.get("forward_s"), run.get("batches")
+    return forward_s / batches * 1000.0 if forward_s is not None and batches else None
 
 
 def _mean_batch(run: dict[str, Any]) -> float | None:
@@ -545,6 +566,7 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
                 "quick": args.quick,
             },
             "load_before": _load(),
+            "int8_backend": _int8_backend(),
         },
         notes=notes,
     )

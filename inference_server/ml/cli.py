@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate a model on a dataset split, write metrics.json"),
     "compare": ("compare", "pre-deploy gate: candidate metrics vs the production baseline"),
     "calibrate": ("calibrate", "fit temperature scaling on the validation split"),
-    "quantize": ("quantize", "FP32 vs dynamic INT8: size, latency, throughput, F1, agreement"),
+    "quantize": ("quantize", "FP32 vs INT8 (torch, ONNX Runtime): size, latency, throughput, F1, agreement"),
     "bias-audit": ("bias_audit", "per-group rates on the curated bias-audit dataset"),
     "explain": ("explain", "per-token saliency for given texts, as an HTML report"),
     "registry": ("registry", "the model registry metadata file (register, promote, list, show)"),

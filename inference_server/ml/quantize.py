@@ -1,9 +1,10 @@
-"""`sentiment-ml quantize`: the FP32 → dynamic INT8 experiment.
+"""`sentiment-ml quantize`: FP32 against both dynamic INT8 backends the server can serve.
 
-Both variants come from the same model directory (runtime.quantization.quantize_dynamic_int8, the
-code the server runs under enable_quantized_model). Measured: serialized size, single-sentence
-latency (fp32 and int8 calls interleaved, so background load hits both alike), per-batch latency and
-throughput over the whole split, macro-F1 of each and the rate at which they agree on the label.
+All variants come from the same model directory through the code the server runs under
+enable_quantized_model (runtime.quantization.int8_variant): torch dynamic INT8 (Linear layers only)
+and ONNX Runtime INT8 (fused encoder, the default; INT8_BACKEND selects). Measured: size, single-sentence
+latency and per-batch latency/throughput over the split — calls interleaved variant by variant, so
+background load hits all alike — macro-F1 of each and the rate at which each INT8 agrees with FP32.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -38,14 +38,27 @@ if TYPE_CHECKING:
 
 DEFAULT_SINGLE: Final = 100
 WARMUP_CALLS: Final = 5
+# Report order; the keys of doc["variants"]. "int8_onnxruntime" is what enable_quantized_model serves
+# by default, "int8_torch" what INT8_BACKEND=torch serves.
+VARIANTS: Final = ("fp32", "int8_torch", "int8_onnxruntime")
+TITLES: Final = {
+    "fp32": "FP32 (torch)",
+    "int8_torch": "INT8 torch dynamic",
+    "int8_onnxruntime": "INT8 ONNX Runtime",
+}
 
 
-def serialized_bytes(model: Any) -> int:
-    """Bytes of the state dict as torch.save writes it: comparable across fp32 and packed INT8."""
+def size_bytes(m: LoadedModel) -> int:
+    """Serialized size: the ONNX file for ONNX Runtime, the state dict as torch.save writes it for torch
+    (comparable across fp32 and packed INT8)."""
+    from inference_server.runtime.onnx_int8 import OrtClassifier
+
+    if isinstance(m.model, OrtClassifier):
+        return m.model.size_bytes
     import torch
 
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save(m.model.state_dict(), buf)
     return buf.tell()
 
 
@@ -63,6 +76,26 @@ def single_latencies(models: Sequence[LoadedModel], texts: Sequence[str]) -> lis
             predict_logits(m, [text])
             out[i].append((time.perf_counter() - t0) * 1000.0)
     return out
+
+
+def batched_logits(
+    models: Sequence[LoadedModel], texts: Sequence[str], *, batch_size: int, progress: bool
+) -> tuple[list[Any], list[list[float]]]:
+    """Logits (input order) and ms per batch for each model; each batch runs on every model in turn."""
+    from tqdm import tqdm
+
+    from inference_server.runtime.model import predict_logits
+
+    chunks: list[list[Any]] = [[] for _ in models]
+    ms: list[list[float]] = [[] for _ in models]
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress, file=sys.stderr):
+        batch = texts[start : start + batch_size]
+        for i, m in enumerate(models):
+            t0 = time.perf_counter()
+            chunks[i].append(predict_logits(m, batch, batch_size=len(batch)))
+            ms[i].append((time.perf_counter() - t0) * 1000.0)
+    return [np.concatenate(c) for c in chunks], ms
 
 
 def variant_summary(
@@ -101,6 +134,16 @@ def comparison(fp32: dict[str, Any], int8: dict[str, Any], agreement: float) -> 
     }
 
 
+def build_variants(fp32: LoadedModel, threads: int) -> dict[str, LoadedModel]:
+    from inference_server.runtime.quantization import int8_variant
+
+    return {
+        "fp32": fp32,
+        "int8_torch": int8_variant(fp32, backend="torch"),
+        "int8_onnxruntime": int8_variant(fp32, backend="onnxruntime", threads=threads),
+    }
+
+
 def run_experiment(
     fp32: LoadedModel,
     texts: Sequence[str],
@@ -109,81 +152,99 @@ def run_experiment(
     *,
     n_single: int,
     batch_size: int,
+    threads: int,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from inference_server.ml.evaluate import timed_logits
-    from inference_server.runtime.quantization import quantize_dynamic_int8
-
-    int8 = replace(fp32, model=quantize_dynamic_int8(fp32.model), quantized=True)
-    sizes = {"fp32": serialized_bytes(fp32.model), "int8": serialized_bytes(int8.model)}
-    single = single_latencies([fp32, int8], texts[:n_single])
-    results: dict[str, dict[str, Any]] = {}
-    predictions = {}
-    for name, m, s in (("fp32", fp32, single[0]), ("int8", int8, single[1])):
-        logits, batch_ms = timed_logits(m, texts, batch_size=batch_size, progress=progress)
-        predictions[name] = logits.argmax(axis=1)
-        results[name] = variant_summary(
-            name,
-            size=sizes[name],
-            logits=logits,
-            y=y,
-            labels=fp32.labels,
-            batch_ms=batch_ms,
-            single_ms=s,
-            batch_size=batch_size,
-        )
-    agreement = float(np.mean(predictions["fp32"] == predictions["int8"]))
+    import onnxruntime
     import torch
 
+    from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND
+
+    models = build_variants(fp32, threads)
+    names = list(models)
+    single = single_latencies(list(models.values()), texts[:n_single])
+    logits, batch_ms = batched_logits(list(models.values()), texts, batch_size=batch_size, progress=progress)
+    results = {
+        name: variant_summary(
+            name,
+            size=size_bytes(models[name]),
+            logits=logits[i],
+            y=y,
+            labels=fp32.labels,
+            batch_ms=batch_ms[i],
+            single_ms=single[i],
+            batch_size=batch_size,
+        )
+        for i, name in enumerate(names)
+    }
+    labels = {name: logits[i].argmax(axis=1) for i, name in enumerate(names)}
     return {
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": {"version": fp32.version, "path": str(fp32.path)},
         "dataset": ref.to_dict(),
         "environment": {
             "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "onnxruntime": onnxruntime.__version__,
+            "threads": threads,
             "cpus": os.cpu_count(),
             "load_average_1m": os.getloadavg()[0],
         },
+        "served_int8_backend": DEFAULT_INT8_BACKEND,
+        "rows_scored": len(texts),
         "single_calls": len(single[0]),
-        "fp32": results["fp32"],
-        "int8": results["int8"],
-        "comparison": comparison(results["fp32"], results["int8"], agreement),
+        "variants": results,
+        "comparison": {
+            name: comparison(
+                results["fp32"], results[name], float(np.mean(labels["fp32"] == labels[name]))
+            )
+            for name in names
+            if name != "fp32"
+        },
     }
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    f, q, c = doc["fp32"], doc["int8"], doc["comparison"]
+    variants = [doc["variants"][name] for name in VARIANTS]
 
-    def row(label: str, key: str, fmt: str) -> str:
-        return f"| {label} | {format(key_of(f, key), fmt)} | {format(key_of(q, key), fmt)} |"
-
-    def key_of(d: dict[str, Any], dotted: str) -> Any:
+    def cell(v: dict[str, Any], dotted: str, fmt: str) -> str:
+        d: Any = v
         for part in dotted.split("."):
             d = d[part]
-        return d
+        return format(d, fmt)
 
+    def row(label: str, key: str, fmt: str) -> str:
+        return f"| {label} | " + " | ".join(cell(v, key, fmt) for v in variants) + " |"
+
+    bs = variants[0]["batch_latency_ms"]["batch_size"]
+    env = doc["environment"]
     lines = [
         f"Model `{doc['model']['version']}` on {doc['dataset']['name']}/{doc['dataset']['split']} "
-        f"({doc['dataset']['rows']} rows, sha256 `{doc['dataset']['sha256'][:16]}…`); torch "
-        f"{doc['environment']['torch']}, {doc['environment']['threads']} thread(s), 1-min load average "
-        f"{doc['environment']['load_average_1m']:.1f} during the run.",
+        f"({doc['rows_scored']} of {doc['dataset']['rows']} rows, "
+        f"sha256 `{doc['dataset']['sha256'][:16]}…`); torch "
+        f"{env['torch']}, onnxruntime {env['onnxruntime']}, {env['threads']} thread(s), 1-min load "
+        f"average {env['load_average_1m']:.1f} during the run. The server serves "
+        f"`int8_{doc['served_int8_backend']}` under enable_quantized_model.",
         "",
-        "| | FP32 | dynamic INT8 |",
-        "|---|---|---|",
-        f"| size (state dict, MB) | {f['size_bytes'] / 1e6:.1f} | {q['size_bytes'] / 1e6:.1f} |",
+        "| | " + " | ".join(TITLES[n] for n in VARIANTS) + " |",
+        "|---|" + "---|" * len(VARIANTS),
+        "| size (MB; torch: state dict, ONNX Runtime: model file) | "
+        + " | ".join(f"{v['size_bytes'] / 1e6:.1f}" for v in variants)
+        + " |",
         row("macro-F1", "macro_f1", ".4f"),
         row("accuracy", "accuracy", ".4f"),
         row("single sentence p50 (ms)", "single_latency_ms.p50", ".1f"),
         row("single sentence p95 (ms)", "single_latency_ms.p95", ".1f"),
-        row(f"batch of {f['batch_latency_ms']['batch_size']} p50 (ms)", "batch_latency_ms.p50", ".1f"),
-        row(f"batch of {f['batch_latency_ms']['batch_size']} p95 (ms)", "batch_latency_ms.p95", ".1f"),
+        row(f"batch of {bs} p50 (ms)", "batch_latency_ms.p50", ".1f"),
+        row(f"batch of {bs} p95 (ms)", "batch_latency_ms.p95", ".1f"),
         row("throughput (sentences/s, batched)", "throughput_per_s", ".1f"),
         "",
-        f"Agreement (same label): **{c['agreement']:.1%}**; size ×{c['size_ratio']:.2f}; single-sentence "
-        f"speed-up ×{c['single_p50_speedup']:.2f}; throughput ×{c['throughput_speedup']:.2f}; macro-F1 "
-        f"change {c['macro_f1_delta_points']:+.2f} points.",
     ]
+    for name, c in doc["comparison"].items():
+        lines.append(
+            f"- {TITLES[name]} vs FP32: agreement (same label) **{c['agreement']:.1%}**; size "
+            f"×{c['size_ratio']:.2f}; single-sentence speed-up ×{c['single_p50_speedup']:.2f}; throughput "
+            f"×{c['throughput_speedup']:.2f}; macro-F1 change {c['macro_f1_delta_points']:+.2f} points."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +261,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="single-sentence calls per variant (default: %(default)s)",
     )
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--limit", type=int, default=0, help="use only the first N rows of the split (default: all)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPU quota)")
     parser.add_argument("--output", type=Path, default=None, help="write the JSON here (default: stdout)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write a markdown table here")
@@ -211,11 +275,13 @@ def run(args: argparse.Namespace) -> int:
     from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
     from inference_server.runtime.threads import configure_torch_threads
 
-    if args.single < 1 or args.batch_size < 1:
-        return cli_error("quantize", "--single and --batch-size must be at least 1")
-    configure_torch_threads(args.threads)
+    if args.single < 1 or args.batch_size < 1 or args.limit < 0:
+        return cli_error("quantize", "--single and --batch-size must be at least 1, --limit at least 0")
+    threads = configure_torch_threads(args.threads)
     try:
         examples, ref = load_dataset_split(args.data_dir or default_data_root(), args.dataset, args.split)
+        if args.limit:
+            examples = examples[: args.limit]
         if not examples:
             raise MLInputError(f"{ref.name}/{ref.split} is empty")
         m = load_model(args.model, version=args.model.resolve().name)
@@ -227,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
             ref,
             n_single=args.single,
             batch_size=args.batch_size,
+            threads=threads,
             progress=not args.no_progress,
         )
     except (MLInputError, ArtifactError, ModelLoadError) as e:

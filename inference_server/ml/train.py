@@ -45,6 +45,10 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 5e-5
+    # The classification head (and BERT's pooler) start from scratch or from weights never trained for
+    # this task, while the encoder only needs nudging: a higher rate for them lets one short epoch fit
+    # the head. None = the encoder's rate.
+    head_learning_rate: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_length: int = 64
@@ -120,6 +124,27 @@ def linear_schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+HEAD_PARAMETERS: Final = ("classifier", "pooler")
+NO_DECAY: Final = ("bias", "LayerNorm.weight", "layernorm", "norm")
+
+
+def param_groups(named: Sequence[tuple[str, Any]], config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: (encoder | head) × (decayed | not decayed: biases and norms); empty groups dropped."""
+    head_lr = config.head_learning_rate or config.learning_rate
+    groups: list[dict[str, Any]] = []
+    for is_head, lr in ((False, config.learning_rate), (True, head_lr)):
+        for decayed, weight_decay in ((True, config.weight_decay), (False, 0.0)):
+            params = [
+                p
+                for n, p in named
+                if any(k in n for k in HEAD_PARAMETERS) == is_head
+                and (not any(k in n for k in NO_DECAY)) == decayed
+            ]
+            if params:
+                groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
+    return groups
+
+
 def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> list[Example]:
     if limit is None or limit >= len(examples):
         return list(examples)
@@ -164,7 +189,8 @@ Binary sentiment classifier (labels: {", ".join(metrics["labels"])}) fine-tuned 
 {per_class}
 
 ## Training
-{config.epochs} epoch(s), batch {config.batch_size}, AdamW lr {config.learning_rate} (linear warm-up
+{config.epochs} epoch(s), batch {config.batch_size}, AdamW lr {config.learning_rate}
+(head and pooler {config.head_learning_rate or config.learning_rate}; linear warm-up
 {config.warmup_ratio:.0%}, then linear decay), weight decay {config.weight_decay}, max length
 {config.max_length} tokens with dynamic padding, seed {config.seed}; {seconds / 60:.1f} min on {threads}
 CPU thread(s). Full settings: `training_config.json`.
@@ -227,15 +253,7 @@ def fine_tune(
     if config.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    no_decay = ("bias", "LayerNorm.weight", "layernorm", "norm")
-    groups = [
-        {
-            "params": [p for n, p in trainable if not any(k in n for k in no_decay)],
-            "weight_decay": config.weight_decay,
-        },
-        {"params": [p for n, p in trainable if any(k in n for k in no_decay)], "weight_decay": 0.0},
-    ]
-    optimiser = torch.optim.AdamW(groups, lr=config.learning_rate)
+    optimiser = torch.optim.AdamW(param_groups(trainable, config), lr=config.learning_rate)
     steps_per_epoch = math.ceil(len(ids) / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(total * config.warmup_ratio)
@@ -380,6 +398,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    parser.add_argument(
+        "--head-learning-rate",
+        type=float,
+        default=d.head_learning_rate,
+        help="learning rate of the classification head and pooler (default: --learning-rate)",
+    )
+    parser.add_argument(
+        "--freeze-word-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=d.freeze_word_embeddings,
+        help="keep the word-embedding matrix fixed (half of the parameters; saves optimiser work)",
+    )
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     parser.add_argument("--max-length", type=int, default=d.max_length)
@@ -396,6 +426,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        head_learning_rate=args.head_learning_rate,
+        freeze_word_embeddings=args.freeze_word_embeddings,
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio,
         max_length=args.max_length,
@@ -408,6 +440,8 @@ def validate_config(config: TrainConfig) -> str | None:
         return "--epochs and --batch-size must be at least 1, --max-length at least 4"
     if not (0 < config.learning_rate < 1) or not (0 <= config.warmup_ratio < 1):
         return "--learning-rate must be in (0, 1) and --warmup-ratio in [0, 1)"
+    if config.head_learning_rate is not None and not (0 < config.head_learning_rate < 1):
+        return "--head-learning-rate must be in (0, 1)"
     if config.max_train_rows is not None and config.max_train_rows < 2:
         return "--max-train-rows must be at least 2"
     return None

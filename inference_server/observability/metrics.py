@@ -47,6 +47,13 @@ class ServerMetrics:
             buckets=c.BATCH_SIZE_BUCKETS,
             registry=reg,
         )
+        self.forward_latency = Histogram(
+            c.METRIC_FORWARD_LATENCY,
+            "Seconds per forward pass (one micro-batch) on the forward thread",
+            labels[c.METRIC_FORWARD_LATENCY],
+            buckets=c.LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.predictions = Counter(
             c.METRIC_PREDICTIONS, "Predictions by label", labels[c.METRIC_PREDICTIONS], registry=reg
         )
@@ -75,23 +82,44 @@ class ServerMetrics:
         )
         v = model_version
         self._batch_size = self.batch_size.labels(v)
+        self._forward_latency = self.forward_latency.labels(v)
         self._confidence = self.confidence.labels(v)
         self._ready = self.ready.labels(v)
         self._ready.set(0)
+        # Labelled children, bound on first use: ``labels()`` (lock, label validation) costs a few µs a
+        # call, four times per request on the hot path. Keys are bounded (endpoints × status codes, labels).
+        self._requests: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._predictions: dict[str, Counter] = {}
+        self._tokens: dict[str, Histogram] = {}
 
     def observe_request(self, endpoint: str, status_code: int, seconds: float) -> None:
-        self.requests.labels(self.model_version, endpoint, str(status_code)).inc()
-        self.latency.labels(self.model_version, endpoint).observe(seconds)
+        children = self._requests.get((endpoint, status_code))
+        if children is None:
+            children = (
+                self.requests.labels(self.model_version, endpoint, str(status_code)),
+                self.latency.labels(self.model_version, endpoint),
+            )
+            self._requests[(endpoint, status_code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
-    def observe_batch(self, size: int) -> None:
+    def observe_batch(self, size: int, forward_s: float | None = None) -> None:
         self._batch_size.observe(size)
+        if forward_s is not None:
+            self._forward_latency.observe(forward_s)
 
     def observe_prediction(self, label: str, confidence: float) -> None:
-        self.predictions.labels(self.model_version, label).inc()
+        child = self._predictions.get(label)
+        if child is None:
+            child = self._predictions[label] = self.predictions.labels(self.model_version, label)
+        child.inc()
         self._confidence.observe(confidence)
 
     def observe_tokens(self, endpoint: str, n_tokens: int) -> None:
-        self.input_tokens.labels(self.model_version, endpoint).observe(n_tokens)
+        child = self._tokens.get(endpoint)
+        if child is None:
+            child = self._tokens[endpoint] = self.input_tokens.labels(self.model_version, endpoint)
+        child.observe(n_tokens)
 
     def observe_feedback(self, label: str, outcome: c.FeedbackOutcome) -> None:
         self.feedback.labels(self.model_version, label, str(outcome)).inc()

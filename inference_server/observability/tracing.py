@@ -6,6 +6,8 @@ tracer, so the hot path pays nothing for spans nobody collects.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from opentelemetry import trace
@@ -31,9 +33,25 @@ def build_tracer_provider(otlp_endpoint: str | None, *, model_version: str) -> A
     return provider
 
 
+class QuietTracer(trace.NoOpTracer):
+    """A no-op tracer whose ``start_as_current_span`` really costs nothing.
+
+    The API's NoOpTracer still builds a generator context manager and attaches a non-recording span to
+    the context for every span (~30 µs each measured on a busy 2-core machine, 1 µs here), five per
+    request on the hot path, for spans that nobody records. Here every span is the invalid
+    non-recording span and nothing is attached; the server never reads the current span, so nothing
+    else changes.
+    """
+
+    _NULL = contextlib.nullcontext(trace.INVALID_SPAN)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Iterator[trace.Span]:  # type: ignore[override]
+        return self._NULL  # type: ignore[return-value]
+
+
 def tracer_from(provider: Any) -> trace.Tracer:
     if provider is None:
-        return trace.NoOpTracer()
+        return QuietTracer()
     tracer: trace.Tracer = provider.get_tracer("inference_server")
     return tracer
 

@@ -10,12 +10,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from inference_server.runtime.artifact import ArtifactError, verify_artifact
+from inference_server.runtime.onnx_int8 import OrtClassifier
+
+if TYPE_CHECKING:
+    from inference_server.runtime.quantization import Int8Backend
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ __all__ = [
     "forward_ids",
     "labels_from_config",
     "load_model",
+    "pad_batch",
     "predict_logits",
 ]
 
@@ -38,7 +43,8 @@ class ModelLoadError(Exception):
 
 @dataclass
 class LoadedModel:
-    model: Any  # transformers.PreTrainedModel (or its dynamically quantized copy)
+    # transformers.PreTrainedModel, its torch dynamic-INT8 copy, or an OrtClassifier (ONNX Runtime INT8)
+    model: Any
     tokenizer: Any  # transformers.PreTrainedTokenizerBase
     labels: tuple[str, ...]
     version: str
@@ -70,8 +76,14 @@ def load_model(
     quantized: bool = False,
     expected_sha256: str | None = None,
     max_tokens: int = 256,
+    int8_backend: Int8Backend | None = None,
+    onnx_cache_dir: Path | None = None,
 ) -> LoadedModel:
-    """Load MODEL_PATH offline; verify its sha256 first when one is expected."""
+    """Load MODEL_PATH offline; verify its sha256 first when one is expected.
+
+    ``quantized``: serve dynamic INT8 through ``int8_backend`` (default: the INT8_BACKEND environment
+    variable, else ONNX Runtime; see runtime/quantization.py).
+    """
     root = Path(path)
     if not root.is_dir():
         raise ModelLoadError(f"model directory not found: {root}")
@@ -86,22 +98,23 @@ def load_model(
         raise ModelLoadError(f"cannot load a sequence-classification model from {root}: {exc}") from exc
     model.eval()
     labels = labels_from_config(model.config)
-    if quantized:
-        from inference_server.runtime.quantization import quantize_dynamic_int8
-
-        model = quantize_dynamic_int8(model)
     limit = int(getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
     max_tokens = min(max_tokens, limit) if limit < 1_000_000 else max_tokens
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,
         labels=labels,
         version=version,
-        quantized=quantized,
+        quantized=False,
         max_tokens=max_tokens,
         path=root,
         sha256=sha,
     )
+    if not quantized:
+        return loaded
+    from inference_server.runtime.quantization import int8_variant
+
+    return int8_variant(loaded, backend=int8_backend, cache_dir=onnx_cache_dir)
 
 
 def count_tokens(m: LoadedModel, texts: Sequence[str]) -> list[int]:
@@ -111,6 +124,13 @@ def count_tokens(m: LoadedModel, texts: Sequence[str]) -> list[int]:
 
 
 def _forward(m: LoadedModel, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    if isinstance(m.model, OrtClassifier):
+        enc = m.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=m.max_tokens, return_tensors="np"
+        )
+        return m.model.logits(
+            enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        )
     import torch
 
     enc = m.tokenizer(
@@ -173,19 +193,29 @@ def encode_ids(m: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def forward_ids(m: LoadedModel, batch: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
-    """Logits [n, num_labels] for already-encoded texts: one padded forward pass (no grad)."""
-    import torch
-
-    if not batch:
-        return np.zeros((0, len(m.labels)), dtype=np.float32)
+def pad_batch(
+    batch: Sequence[Sequence[int]], pad_id: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Right-padded input_ids and attention_mask for already-encoded texts."""
     width = max(len(ids) for ids in batch)
-    pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
     input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)
     for row, ids in enumerate(batch):
         input_ids[row, : len(ids)] = ids
         mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
+def forward_ids(m: LoadedModel, batch: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+    """Logits [n, num_labels] for already-encoded texts: one padded forward pass (no grad)."""
+    if not batch:
+        return np.zeros((0, len(m.labels)), dtype=np.float32)
+    pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
+    input_ids, mask = pad_batch(batch, pad_id)
+    if isinstance(m.model, OrtClassifier):
+        return m.model.logits(input_ids, mask)
+    import torch
+
     with torch.inference_mode():
         logits = m.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits
     out: npt.NDArray[np.float32] = logits.float().cpu().numpy()

@@ -7,12 +7,20 @@ by count and by padded tokens, grouped by length so that short texts are not pad
 runs them one at a time on a single worker thread (torch parallelises inside the forward pass with its
 own intra-op threads). A lone request is therefore never delayed, and under load batches form by
 themselves while the worker is busy.
+
+A request that finds the batcher idle (nothing queued, no forward pass running, no other inference
+request announced) skips the collector and hands its forward pass to the worker thread itself: the
+collector's hop costs extra trips through the event loop (~0.08 ms of the ~1.4 ms the server adds at
+concurrency 1, measured) for a batch that could only ever hold this one request. Whoever runs a
+forward pass holds ``_forward_lock``, so requests that arrive meanwhile still queue up and form the
+next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,18 +93,19 @@ class MicroBatcher:
         max_batch_size: int = 32,
         max_batch_tokens: int = 8192,
         wait_ms: float = 3.0,
-        on_batch: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.wait_s = wait_ms / 1000.0
-        self._on_batch = on_batch  # (items, padded tokens) per forward pass, for metrics
+        # (items, padded tokens, seconds the pass took on the worker thread) per forward pass, for metrics
+        self._on_batch = on_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._announced = 0
-        self._busy = False
+        self._forward_lock = asyncio.Lock()  # held while a forward pass runs (collector or lone request)
         self._draining = False
         self._task: asyncio.Task[None] | None = None
 
@@ -119,7 +128,12 @@ class MicroBatcher:
 
     @property
     def pending(self) -> int:
-        return len(self._queue) + (1 if self._busy else 0)
+        return len(self._queue) + (1 if self._forward_lock.locked() else 0)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, running or announced: a new request could not share a batch with anyone."""
+        return not self._queue and not self._forward_lock.locked() and self._announced == 0
 
     # --- requests ------------------------------------------------------------------------------
     def ticket(self) -> Ticket:
@@ -129,6 +143,9 @@ class MicroBatcher:
         """Logits row for one encoded text, computed in some batch."""
         if self._draining:
             raise DrainingError("server is shutting down")
+        if self.idle and self._task is not None:
+            row: Logits = (await self._run_alone(ids))[0]
+            return row
         future: asyncio.Future[Logits] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(ids, future))
         self._wake.set()
@@ -179,33 +196,52 @@ class MicroBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.wait_s > 0 and not self._draining:
-                await self._gather_companions()
-            items = list(self._queue)
-            self._queue.clear()
-            items = [it for it in items if not it.future.done()]  # cancelled: client went away
-            plan = plan_batches(
-                [len(it.ids) for it in items], max_size=self.max_batch_size, max_tokens=self.max_batch_tokens
-            )
-            for indices in plan:
-                batch = [items[i] for i in indices]
-                await self._run(loop, batch)
+            # A lone request's pass may be running: wait for it, so that whatever queued meanwhile
+            # goes into one batch rather than trickling in behind it one by one.
+            async with self._forward_lock:
+                if self.wait_s > 0 and not self._draining:
+                    await self._gather_companions()
+                items = list(self._queue)
+                self._queue.clear()
+                items = [it for it in items if not it.future.done()]  # cancelled: client went away
+                plan = plan_batches(
+                    [len(it.ids) for it in items],
+                    max_size=self.max_batch_size,
+                    max_tokens=self.max_batch_tokens,
+                )
+                for indices in plan:
+                    batch = [items[i] for i in indices]
+                    await self._run(loop, batch)
+
+    async def _forward(self, loop: asyncio.AbstractEventLoop, ids: list[list[int]]) -> Logits:
+        """One forward pass on the worker thread (the caller holds ``_forward_lock``)."""
+        try:
+            logits, seconds = await loop.run_in_executor(self._executor, self._timed, ids)
+        except Exception:
+            log.exception("forward pass failed for a batch of %d", len(ids))
+            raise
+        if self._on_batch is not None:
+            self._on_batch(len(ids), max(len(i) for i in ids) * len(ids), seconds)
+        return logits
+
+    def _timed(self, ids: list[list[int]]) -> tuple[Logits, float]:
+        # Timed on the worker thread itself: the pass as the server ran it, without the hand-offs.
+        start = time.perf_counter()
+        logits = self._run_batch(ids)
+        return logits, time.perf_counter() - start
+
+    async def _run_alone(self, ids: list[int]) -> Logits:
+        async with self._forward_lock:  # free (checked by the caller): taken without yielding
+            return await self._forward(asyncio.get_running_loop(), [ids])
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
-        ids = [it.ids for it in batch]
-        self._busy = True
         try:
-            logits = await loop.run_in_executor(self._executor, self._run_batch, ids)
+            logits = await self._forward(loop, [it.ids for it in batch])
         except Exception as exc:  # a failed forward pass fails its requests, not the collector
-            log.exception("forward pass failed for a batch of %d", len(batch))
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(exc)
             return
-        finally:
-            self._busy = False
-        if self._on_batch is not None:
-            self._on_batch(len(batch), max(len(i) for i in ids) * len(batch))
         for row, it in enumerate(batch):
             if not it.future.done():
                 it.future.set_result(logits[row])

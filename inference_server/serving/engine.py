@@ -90,7 +90,7 @@ class InferenceEngine:
             max_batch_size=max_batch_size,
             max_batch_tokens=max_batch_tokens,
             wait_ms=batch_wait_ms,
-            on_batch=lambda n, _tokens: metrics.observe_batch(n),
+            on_batch=lambda n, _tokens, seconds: metrics.observe_batch(n, seconds),
         )
 
     @property

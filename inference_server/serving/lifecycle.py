@@ -9,7 +9,6 @@ exit non-zero rather than linger unready.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from inference_server.observability.metrics import ServerMetrics
 from inference_server.runtime.artifact import ArtifactError
 from inference_server.runtime.calibration import CalibrationError, CalibrationParams
 from inference_server.runtime.model import LoadedModel, ModelLoadError, load_model
-from inference_server.runtime.quantization import quantize_dynamic_int8
+from inference_server.runtime.quantization import int8_variant
 from inference_server.runtime.threads import configure_torch_threads
 from inference_server.serving.engine import InferenceEngine
 from inference_server.settings import ServerSettings
@@ -74,7 +73,9 @@ def load_everything(settings: ServerSettings) -> Loaded:
     )
     served = fp32
     if settings.enable_quantized_model:
-        served = dataclasses.replace(fp32, model=quantize_dynamic_int8(fp32.model), quantized=True)
+        served = int8_variant(
+            fp32, backend=settings.int8_backend, threads=threads, cache_dir=settings.onnx_cache_dir
+        )
     calibration = (
         CalibrationParams.load(settings.calibration_params_path) if settings.calibration_params_path else None
     )
@@ -118,6 +119,8 @@ async def bring_up(
         with tracer.start_as_current_span(Span.MODEL_LOAD) as span:
             span.set_attribute("model.version", settings.model_version)
             span.set_attribute("model.quantized", settings.enable_quantized_model)
+            if settings.enable_quantized_model:
+                span.set_attribute("model.int8_backend", settings.int8_backend)
             loaded = await asyncio.to_thread(load_everything, settings)
         state.torch_threads = loaded.threads
         state.explain_model = loaded.fp32 if settings.enable_explainability else None

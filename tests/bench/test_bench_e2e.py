@@ -71,3 +71,6 @@ def test_quick_run_writes_a_complete_report(tiny_model_dir: Path, tmp_path: Path
     assert {(c["precision"], c["length"]) for c in raw["ceilings"]} == {
         (p, n) for p in ("fp32", "int8") for n in ("short", "long")}
     assert raw["quality"]["rows"] > 0
+    # The INT8 ceiling and (d) ran the backend the server serves by default.
+    assert raw["meta"]["int8_backend"] == "onnxruntime"
+    assert "INT8 (ONNX Runtime" in text

@@ -77,6 +77,21 @@ def test_batches_are_seeded_and_length_grouped() -> None:
     assert spread < 5  # random batches would span most of 0..36
 
 
+def test_param_groups_split_head_from_encoder_and_biases_from_weights() -> None:
+    named = [(n, object()) for n in ("bert.encoder.layer.0.attention.self.query.weight",
+                                     "bert.encoder.layer.0.attention.self.query.bias",
+                                     "bert.encoder.layer.0.output.LayerNorm.weight",
+                                     "bert.pooler.dense.weight", "classifier.weight", "classifier.bias")]
+    cfg = replace(train.TrainConfig(), learning_rate=5e-5, head_learning_rate=1e-3, weight_decay=0.01)
+    groups = train.param_groups(named, cfg)
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert [by_param[id(p)] for _, p in named] == [
+        (5e-5, 0.01), (5e-5, 0.0), (5e-5, 0.0), (1e-3, 0.01), (1e-3, 0.01), (1e-3, 0.0)]
+    same = train.param_groups(named, replace(cfg, head_learning_rate=None))
+    assert {g["lr"] for g in same} == {5e-5}
+    assert sum(len(g["params"]) for g in same) == len(named)
+
+
 def test_linear_schedule() -> None:
     assert train.linear_schedule(0, 100, 10) == pytest.approx(0.1)
     assert train.linear_schedule(9, 100, 10) == pytest.approx(1.0)
@@ -91,6 +106,7 @@ def test_default_model_cache_key_tracks_its_inputs(tmp_path: Path) -> None:
     assert key != default_model.cache_key("enc==2", "sha", cfg)
     assert key != default_model.cache_key("enc==1", "sha2", cfg)
     assert key != default_model.cache_key("enc==1", "sha", replace(cfg, seed=1))
+    assert key != default_model.cache_key("enc==1", "sha", replace(cfg, head_learning_rate=1e-2))
     assert not default_model.is_complete(tmp_path)
     for name in default_model.REQUIRED_FILES:
         (tmp_path / name).write_text("x")

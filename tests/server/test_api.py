@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import unicodedata
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -273,6 +275,17 @@ def test_metrics_follow_the_contract(api: TestClient) -> None:
     assert _metric_value(api, c.METRIC_PREDICTIONS_SERIES, label="positive") >= 1
 
 
+def test_each_forward_pass_reports_its_time_on_the_forward_thread(api: TestClient) -> None:
+    count, total = f"{c.METRIC_FORWARD_LATENCY}_count", f"{c.METRIC_FORWARD_LATENCY}_sum"
+    passes, seconds = _metric_value(api, count), _metric_value(api, total)
+    r = api.post(c.Path.INFER, json={"text": "great"})
+    assert r.status_code == 200
+    # One lone request, one pass, which took part of the request's own latency.
+    assert _metric_value(api, count) == passes + 1
+    spent = _metric_value(api, total) - seconds
+    assert 0 < spent * 1000.0 < r.json()["latency_ms"]
+
+
 def test_spans_are_named_by_the_contract(api: TestClient, module_spans: Spans) -> None:
     module_spans.exporter.clear()
     assert api.post(c.Path.INFER, json={"text": "great"}).status_code == 200
@@ -323,3 +336,29 @@ def test_a_bug_is_a_logged_json_500(
     assert r.status_code == 500 and error_of(r)["code"] == "internal_error"
     assert "simulated bug" not in r.text  # details go to the log, not to the client
     assert any(rec.exc_info and "simulated bug" in str(rec.exc_info[1]) for rec in caplog.records)
+
+
+async def test_log_lines_follow_the_response_and_survive_a_failed_send() -> None:
+    from inference_server.api.responses import JSONBytesThen
+
+    events: list[str] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        events.append(message["type"])
+
+    def log() -> None:
+        events.append("logged")
+
+    await JSONBytesThen({"ok": 1}, after_send=log)({"type": "http"}, receive, send)
+    assert events == ["http.response.start", "http.response.body", "logged"]
+
+    async def gone(message: MutableMapping[str, Any]) -> None:
+        raise OSError("client went away")
+
+    events.clear()
+    with pytest.raises(OSError):
+        await JSONBytesThen({"ok": 1}, after_send=log)({"type": "http"}, receive, gone)
+    assert events == ["logged"]

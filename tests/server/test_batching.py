@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -114,4 +115,92 @@ async def test_submit_many_keeps_order() -> None:
     items = [[3, 3, 3], [1], [2, 2], [9] * 7, [4]]
     rows = await batcher.submit_many(items)
     assert [r.tolist() for r in rows] == [[sum(i), len(i)] for i in items]
+    await batcher.stop()
+
+
+class GatedModel(FakeModel):
+    """A forward pass that blocks (on the worker thread) until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        self.entered.set()
+        assert self.gate.wait(30), "gate never opened"
+        return super().__call__(batch)
+
+
+async def _until(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, 30)
+
+
+async def test_lone_request_skips_the_collector_and_gets_the_batched_answer() -> None:
+    model = FakeModel()
+    passes: list[tuple[int, int, float]] = []
+    batcher = MicroBatcher(model, wait_ms=60_000, on_batch=lambda *a: passes.append(a))
+    batcher.start()
+    assert batcher.idle
+    alone = await asyncio.wait_for(batcher.submit([4, 5, 6]), 30)
+    assert model.batches == [[[4, 5, 6]]]
+    # The same ids in a shared pass (one announced companion makes them queue) give the same row.
+    ticket = batcher.ticket()
+    shared = [asyncio.create_task(batcher.submit(ids)) for ids in ([4, 5, 6], [1])]
+    await asyncio.sleep(0)
+    ticket.release()
+    first, other = await asyncio.wait_for(asyncio.gather(*shared), 30)
+    assert first.tolist() == alone.tolist() == [15, 3] and other.tolist() == [1, 1]
+    assert model.batches[-1] == [[1], [4, 5, 6]]
+    # Both paths report every pass with the seconds it took on the worker thread.
+    assert [(n, tokens) for n, tokens, _ in passes] == [(1, 3), (2, 6)]
+    assert all(seconds > 0 for *_, seconds in passes)
+    await batcher.stop()
+
+
+async def test_requests_arriving_during_a_lone_pass_share_the_next_one() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=8, wait_ms=0)
+    batcher.start()
+    lone = asyncio.create_task(batcher.submit([1]))
+    await _until(model.entered)
+    assert not batcher.idle and batcher.pending == 1
+    later = [asyncio.create_task(batcher.submit([i, i])) for i in range(2, 6)]
+    await asyncio.sleep(0.05)  # the collector is awake by now and must be waiting for the running pass
+    assert model.batches == [] and batcher.pending == 5
+    model.gate.set()
+    assert (await lone).tolist() == [1, 1]
+    rows = await asyncio.wait_for(asyncio.gather(*later), 30)
+    assert [r.tolist() for r in rows] == [[2 * i, 2] for i in range(2, 6)]
+    assert model.batches == [[[1]], [[i, i] for i in range(2, 6)]]  # one pass for the four latecomers
+    await batcher.stop()
+
+
+async def test_stop_during_a_lone_pass_finishes_it_and_the_queue() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, wait_ms=0)
+    batcher.start()
+    lone = asyncio.create_task(batcher.submit([7]))
+    await _until(model.entered)
+    queued = asyncio.create_task(batcher.submit([8]))
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(batcher.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # still draining: a pass is running and one request waits
+    with pytest.raises(DrainingError):
+        await batcher.submit([9])
+    model.gate.set()
+    await asyncio.wait_for(stopping, 30)
+    assert (await lone).tolist() == [7, 1] and (await queued).tolist() == [8, 1]
+
+
+async def test_failed_lone_pass_raises_and_frees_the_batcher() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, wait_ms=0)
+    batcher.start()
+    model.fail_next = True
+    with pytest.raises(RuntimeError, match="boom"):
+        await batcher.submit([1])
+    assert batcher.idle
+    assert (await batcher.submit([2])).tolist() == [2, 1]
     await batcher.stop()

@@ -62,8 +62,9 @@ def test_matching_sha256_serves_and_model_load_span_is_recorded(
 
 
 def test_quantized_model_serves_the_same_labels(make_settings: MakeSettings) -> None:
+    """INT8_BACKEND=torch (ONNX Runtime, the default, is covered in test_int8_serving.py)."""
     texts = ["great", "awful", "i love this excellent film", "terrible boring plot"]
-    app = create_app(make_settings(enable_quantized_model="true"))
+    app = create_app(make_settings(enable_quantized_model="true", INT8_BACKEND="torch"))
     with TestClient(app) as client:
         assert wait_phase(app) is Phase.READY, app.state.ctx.state.error
         ready = client.get(c.Path.READYZ).json()

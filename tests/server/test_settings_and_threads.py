@@ -73,12 +73,17 @@ def test_threads_follow_the_quota_not_the_host(quota: float | None, affinity: in
 
 
 def test_otlp_exporter_only_when_an_endpoint_is_configured() -> None:
+    from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
     from inference_server.observability.tracing import build_tracer_provider, shutdown_provider, tracer_from
 
     assert build_tracer_provider(None, model_version="v") is None
-    assert type(tracer_from(None)).__name__ == "NoOpTracer"
+    quiet = tracer_from(None)
+    assert isinstance(quiet, trace.NoOpTracer)
+    with quiet.start_as_current_span("x") as span:  # the API's no-op span, attached to nothing
+        span.set_attribute("k", 1)
+        assert not span.is_recording() and trace.get_current_span() is trace.INVALID_SPAN
     provider = build_tracer_provider("http://127.0.0.1:4318", model_version="v1")
     assert isinstance(provider, TracerProvider)
     assert provider.resource.attributes["service.version"] == "v1"
