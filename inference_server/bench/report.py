@@ -153,6 +153,14 @@ def _ratio(a: float | None, b: float | None) -> float:
     return a / b
 
 
+def _times(r: float) -> str:
+    return "–" if math.isnan(r) else f"{r:.2f}×"
+
+
+def _percent(r: float) -> str:
+    return "–" if math.isnan(r) else f"{r * 100:.0f}%"
+
+
 def _judge(value: float, ok: bool) -> bool | None:
     return None if math.isnan(value) else ok
 
@@ -171,7 +179,7 @@ def evaluate_targets(res: BenchResults) -> list[Target]:
             Target(
                 f"fp32 server vs naive, c={c}, {length}",
                 "≥ 3.0×",
-                f"{r:.2f}× ({_f(fp32_rps)} vs {_f(naive.summary.rps if naive else None)} req/s)",
+                f"{_times(r)} ({_f(fp32_rps)} vs {_f(naive.summary.rps if naive else None)} req/s)",
                 _judge(r, r >= 3.0),
             )
         )
@@ -180,7 +188,7 @@ def evaluate_targets(res: BenchResults) -> list[Target]:
             Target(
                 f"fp32 server vs raw ceiling, c={c}, {length}",
                 "≥ 80%",
-                f"{r * 100:.0f}% ({_f(fp32_rps)} vs "
+                f"{_percent(r)} ({_f(fp32_rps)} vs "
                 f"{_f(ceil.best_sentences_per_s if ceil else None)} sentences/s)",
                 _judge(r, r >= 0.8),
             )
@@ -190,7 +198,7 @@ def evaluate_targets(res: BenchResults) -> list[Target]:
             Target(
                 f"INT8 vs fp32 server, c={c}, {length}",
                 "≥ 1.7×",
-                f"{r:.2f}× ({_f(int8.summary.rps if int8 else None)} vs {_f(fp32_rps)} req/s)",
+                f"{_times(r)} ({_f(int8.summary.rps if int8 else None)} vs {_f(fp32_rps)} req/s)",
                 _judge(r, r >= 1.7),
             )
         )
@@ -230,6 +238,8 @@ def _overhead_target(res: BenchResults, length: str) -> Target:
         )
         return Target(name, budget, measured, server_side <= OVERHEAD_BUDGET_MS)
     overhead = overhead_ms(res, "fp32", length)
+    if math.isnan(overhead):
+        return Target(name, budget, "not measured", None)
     measured = f"{overhead:+.2f} ms (client-observed p50 over the bare in-process forward p50)"
     return Target(name, budget, measured, _judge(overhead, overhead <= OVERHEAD_BUDGET_MS))
 

@@ -177,6 +177,7 @@ def test_overhead_is_judged_against_the_forward_pass_as_the_server_ran_it() -> N
 def test_targets_without_data_are_not_measured_rather_than_passed() -> None:
     targets = evaluate_targets(BenchResults(meta={}))
     assert targets and all(t.passed is None for t in targets)
+    assert not [t.measured for t in targets if "nan" in t.measured]  # a missing figure reads "–"
 
 
 def test_report_has_every_section_and_the_figures() -> None:
