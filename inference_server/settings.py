@@ -102,7 +102,7 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"{value} is not a directory (expected a Hugging Face model directory)")
         return value
 
-    @field_validator("calibration_params_path", mode="before")
+    @field_validator("calibration_params_path", "onnx_cache_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -120,11 +120,6 @@ class ServerSettings(BaseSettings):
         if isinstance(value, str):
             return value.strip().lower() or DEFAULT_INT8_BACKEND
         return value
-
-    @field_validator("onnx_cache_dir", mode="before")
-    @classmethod
-    def _empty_cache_dir_is_none(cls, value: object) -> object:
-        return None if value == "" else value
 
     @field_validator("onnx_cache_dir")
     @classmethod

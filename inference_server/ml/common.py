@@ -6,11 +6,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
 from inference_server.contract import Env
+from inference_server.runtime.atomic import write_bytes_atomic
 
 EXIT_OK: Final = 0
 EXIT_GATE_FAILED: Final = 1  # the command ran and its verdict is "fail" (compare, audits)
@@ -36,15 +36,7 @@ def cli_error(command: str, message: str, code: int = EXIT_BAD_INPUT) -> int:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers never see a half-written file (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -19,7 +19,6 @@ import copy
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from inference_server.ml.common import (
     cache_root,
     cli_error,
 )
+from inference_server.runtime.atomic import write_bytes_atomic
 
 SCHEMA_PATH: Final = Path(__file__).with_name("schemas") / "registry.schema.json"
 REGISTRY_ENV: Final = "SENTIMENT_REGISTRY"
@@ -267,22 +267,7 @@ def read_registry(path: Path) -> Registry:
 def _write_atomic(path: Path, registry: Registry) -> None:
     check(registry, "the registry about to be written")  # never persist an invalid document
     data = (json.dumps(registry, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename itself lives in the directory: fsync it so the new file survives a power loss.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_bytes_atomic(path, data, durable=True)  # the registry is the only copy: survive a power loss
 
 
 @contextlib.contextmanager

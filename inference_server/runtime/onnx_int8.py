@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from inference_server.contract import Env
 from inference_server.runtime.artifact import sha256_of_artifact
+from inference_server.runtime.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,10 @@ def build_int8_onnx(model_dir: Path, out: Path, *, allow_fusion: bool = True) ->
         fused_path = Path(tmp) / "fused.onnx"
         fused = fuse(fp32, fused_path, config) if allow_fusion else None
         if fused is None:
-            log.warning("model type %r is not one ONNX Runtime fuses: quantizing the unfused graph",
-                        config.get("model_type"))
+            log.warning(
+                "model type %r is not one ONNX Runtime fuses: quantizing the unfused graph",
+                config.get("model_type"),
+            )
         quantize(fused_path if fused is not None else fp32, out)
     return BuildInfo(fused or {}, time.perf_counter() - t0)
 
@@ -255,20 +258,6 @@ def _read_verified(path: Path) -> bytes | None:
     except OSError:
         return None
     return data if hashlib.sha256(data).hexdigest() == expected else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _remove_leftovers(path: Path) -> None:
@@ -297,7 +286,7 @@ def _build_into_cache(model_dir: Path, path: Path, allow_fusion: bool) -> tuple[
         os.chmod(tmp, _FILE_MODE)
         # Digest first, then the file: a reader that finds the new file also finds its digest; a crash
         # in between leaves a digest without a matching file, which reads as "rebuild".
-        _write_atomic(_digest_path(path), hashlib.sha256(data).hexdigest().encode())
+        write_bytes_atomic(_digest_path(path), hashlib.sha256(data).hexdigest().encode(), mode=_FILE_MODE)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -405,8 +394,9 @@ def load_int8_session(
     }
     if cached.build is not None:
         fields |= {"build_seconds": round(cached.build.seconds, 2), "fused_ops": cached.build.fused}
-        log.info("built INT8 ONNX model in %.1fs: %s", cached.build.seconds, cached.path,
-                 extra={"fields": fields})
+        log.info(
+            "built INT8 ONNX model in %.1fs: %s", cached.build.seconds, cached.path, extra={"fields": fields}
+        )
     else:
         log.info("INT8 ONNX model from cache: %s", cached.path, extra={"fields": fields})
     return open_session(cached.data, path=cached.path, threads=threads)

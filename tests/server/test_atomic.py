@@ -1,0 +1,37 @@
+"""runtime/atomic.py: a rewrite is all or nothing, and a failed one leaves the old file and no debris."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from inference_server.runtime import atomic
+from inference_server.runtime.atomic import write_bytes_atomic
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_replaces_the_file_with_the_requested_mode(tmp_path: Path, durable: bool) -> None:
+    target = tmp_path / "f.json"
+    target.write_bytes(b"old")
+    write_bytes_atomic(target, b"new", mode=0o644, durable=durable)
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "f.json"
+    target.write_bytes(b"old")
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        write_bytes_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
