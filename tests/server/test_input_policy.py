@@ -76,3 +76,16 @@ def test_precheck_rejects_only_what_cannot_fit() -> None:
     with pytest.raises(InputProblem) as info:
         precheck_length("word " * 21, 10)
     assert (info.value.status, info.value.code) == (413, "too_many_tokens")
+
+
+@pytest.mark.parametrize("n_words", [20, 21])
+@pytest.mark.parametrize("sep", [" ", "\n", " \t "])
+def test_precheck_length_shortcut_keeps_the_word_rule(n_words: int, sep: str) -> None:
+    # The densest texts (one-character words) straddle the 4·MAX_TOKENS-character shortcut: the rule
+    # is still "more than 2·MAX_TOKENS words", whatever the separators.
+    text = sep.join("x" * n_words)
+    if n_words > 20:
+        with pytest.raises(InputProblem):
+            precheck_length(text, 10)
+    else:
+        precheck_length(text, 10)
