@@ -34,6 +34,7 @@ from inference_server.ml.common import (
     MLInputError,
     add_model_arguments,
     cli_error,
+    model_version_of,
     write_json_atomic,
 )
 
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         return cli_error("bias-audit", f"give --model or set {Env.MODEL_PATH}")
     try:
         rows, dataset_sha = load_dataset(args.dataset)
-        model = load_model(args.model, version=args.model_version)
+        model = load_model(args.model, version=model_version_of(args))
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
         probs = score(model, [r.text for r in rows], calibration)
         result = evaluate(rows, probs, model.labels, threshold=args.threshold)
@@ -291,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         "kind": "bias_audit",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "model": {
-            "version": args.model_version,
+            "version": model.version,
             "path": str(args.model),
             "calibrated": calibration is not None,
         },

@@ -57,7 +57,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, calibration: bool = 
         default=os.environ.get(Env.MODEL_PATH),
         help=f"model directory (default: ${Env.MODEL_PATH})",
     )
-    parser.add_argument("--model-version", default=os.environ.get(Env.MODEL_VERSION, "unknown"))
+    parser.add_argument(
+        "--model-version",
+        default=os.environ.get(Env.MODEL_VERSION) or None,
+        help=f"version recorded in outputs (default: ${Env.MODEL_VERSION}, else the model directory's name)",
+    )
     if calibration:
         parser.add_argument(
             "--calibration",
@@ -65,6 +69,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, calibration: bool = 
             default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None,
             help=f"calibration params JSON, confidences as served (default: ${Env.CALIBRATION_PARAMS_PATH})",
         )
+
+
+def model_version_of(args: argparse.Namespace) -> str:
+    """--model-version, else $MODEL_VERSION (its default), else the model directory's name: reports and
+    metrics then name the model even when nobody passed a version."""
+    if args.model_version:
+        return str(args.model_version)
+    return Path(args.model).resolve().name if args.model else "unknown"
 
 
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:

@@ -42,7 +42,7 @@ from inference_server.contract import (
     JobOutcome,
     JobResult,
 )
-from inference_server.ml.common import add_data_dir_argument, add_model_arguments
+from inference_server.ml.common import add_data_dir_argument, add_model_arguments, model_version_of
 
 # From measurements with the default model (docs/reports/drift.md): a fresh in-domain sample scores
 # 0.038, the out-of-domain tweets 1.13. 0.15 is 4x the in-domain figure and above the 99.9% KS
@@ -482,7 +482,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
     if args.model is None:
         raise DriftInputError(f"scoring a dataset needs --model or {Env.MODEL_PATH}")
-    model = load_model(args.model, version=args.model_version)
+    model = load_model(args.model, version=model_version_of(args))
     calibration = CalibrationParams.load(args.calibration) if args.calibration else None
     return model, calibration
 
@@ -500,7 +500,7 @@ def _windows(args: argparse.Namespace) -> tuple[PredictionWindow, PredictionWind
         return score_texts(model, texts, calibration=calibration, source=spec)
 
     if args.prometheus_url:
-        current = window_from_prometheus(args.prometheus_url, args.model_version, args.window)
+        current = window_from_prometheus(args.prometheus_url, model_version_of(args), args.window)
     elif args.current_predictions:
         current = read_predictions_jsonl(args.current_predictions)
     else:
@@ -508,7 +508,7 @@ def _windows(args: argparse.Namespace) -> tuple[PredictionWindow, PredictionWind
 
     if args.reference_offset:
         reference = window_from_prometheus(
-            args.prometheus_url, args.model_version, args.window, args.reference_offset
+            args.prometheus_url, model_version_of(args), args.window, args.reference_offset
         )
     elif args.reference_predictions:
         reference = read_predictions_jsonl(args.reference_predictions)
@@ -537,7 +537,7 @@ def run(args: argparse.Namespace) -> int:
         return cli_error("drift", str(exc))
     report = compare_windows(reference, current, threshold=args.threshold, min_samples=args.min_samples)
     result = to_job_result(
-        report, reference, current, model_version=args.model_version, now=datetime.now(UTC)
+        report, reference, current, model_version=model_version_of(args), now=datetime.now(UTC)
     )
     text = json.dumps(json.loads(result.to_json()), indent=2, sort_keys=True)
     if args.output:

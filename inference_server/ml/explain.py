@@ -26,6 +26,7 @@ from inference_server.ml.common import (
     MLInputError,
     add_model_arguments,
     cli_error,
+    model_version_of,
     write_json_atomic,
 )
 
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         return cli_error("explain", f"give --model or set {Env.MODEL_PATH}")
     try:
         texts = read_texts(args.text, args.input)
-        model = load_model(args.model, version=args.model_version)
+        model = load_model(args.model, version=model_version_of(args))
         if args.target_label is not None and args.target_label not in model.labels:
             raise MLInputError(f"--target-label {args.target_label!r} is not one of {list(model.labels)}")
         items = explain_texts(
@@ -231,12 +232,12 @@ def run(args: argparse.Namespace) -> int:
     now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
-        render_html(items, model_version=args.model_version, generated_at=now), encoding="utf-8"
+        render_html(items, model_version=model.version, generated_at=now), encoding="utf-8"
     )
     if args.json:
         write_json_atomic(
             args.json,
-            {"model_version": args.model_version, "generated_at": now, "items": [asdict(i) for i in items]},
+            {"model_version": model.version, "generated_at": now, "items": [asdict(i) for i in items]},
         )
     print(f"explain: {len(items)} text(s) -> {args.output}", file=sys.stderr)
     return EXIT_OK

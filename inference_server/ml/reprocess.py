@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from inference_server.contract import Env, JobKind, JobOutcome, JobResult
-from inference_server.ml.common import EXIT_BAD_INPUT, EXIT_OK, MLInputError, add_model_arguments, cli_error
+from inference_server.ml.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    MLInputError,
+    add_model_arguments,
+    cli_error,
+    model_version_of,
+)
 
 CHECKPOINT_VERSION: Final = 1
 DEFAULT_CHUNK: Final = 256
@@ -594,14 +601,14 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             raise ReprocessError(f"give --model or set {Env.MODEL_PATH}")
         source = _source(args)
-        model = load_model(args.model, version=args.model_version)
+        model = load_model(args.model, version=model_version_of(args))
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
         sink = _sink(args, shard, shards)
         identity = {
             "input": source.description,
             "shard": shard,
             "shards": shards,
-            "model_version": args.model_version,
+            "model_version": model.version,
             "model_path": str(Path(args.model).resolve()),
         }
         with tqdm(
@@ -622,7 +629,7 @@ def run(args: argparse.Namespace) -> int:
     result = JobResult(
         kind=JobKind.REPROCESS,
         outcome=JobOutcome.SUCCEEDED,
-        model_version=args.model_version,
+        model_version=model.version,
         finished_at=_now(),
         metrics={
             "records_read": stats.read,

@@ -147,3 +147,24 @@ def test_command_errors_exit_2(
         assert rc == 2 and "matplotlib" in capsys.readouterr().err and not png.exists()
     else:
         assert rc == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_model_version_defaults_to_the_environment_then_the_directory_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from inference_server.ml.common import add_model_arguments, model_version_of
+
+    def parse(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        add_model_arguments(parser)
+        return parser.parse_args(list(argv))
+
+    model_dir = tmp_path / "minilm-rt-abc"
+    monkeypatch.delenv("MODEL_VERSION", raising=False)
+    assert model_version_of(parse("--model", str(model_dir))) == "minilm-rt-abc"
+    assert model_version_of(parse("--model", str(model_dir), "--model-version", "v7")) == "v7"
+    assert model_version_of(parse()) == "unknown"
+    monkeypatch.setenv("MODEL_VERSION", "from-env")
+    assert model_version_of(parse("--model", str(model_dir))) == "from-env"
