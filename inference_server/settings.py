@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_server.contract import HTTP_PORT, Env
-from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND, Int8Backend
+from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND, Int8Backend, normalise_int8_backend
 
 
 class ConfigError(ValueError):
@@ -117,9 +117,7 @@ class ServerSettings(BaseSettings):
     @field_validator("int8_backend", mode="before")
     @classmethod
     def _backend_lower(cls, value: object) -> object:
-        if isinstance(value, str):
-            return value.strip().lower() or DEFAULT_INT8_BACKEND
-        return value
+        return normalise_int8_backend(value) if isinstance(value, str) else value
 
     @field_validator("onnx_cache_dir")
     @classmethod

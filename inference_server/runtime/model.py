@@ -124,20 +124,22 @@ def count_tokens(m: LoadedModel, texts: Sequence[str]) -> list[int]:
 
 
 def _forward(m: LoadedModel, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    enc = m.tokenizer(
+        list(texts), padding=True, truncation=True, max_length=m.max_tokens, return_tensors="np"
+    )
+    return _logits(m, enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
+
+
+def _logits(
+    m: LoadedModel, input_ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float32]:
+    """One forward pass of the served model (torch, or an ONNX Runtime session) without gradients."""
     if isinstance(m.model, OrtClassifier):
-        enc = m.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=m.max_tokens, return_tensors="np"
-        )
-        return m.model.logits(
-            enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
-        )
+        return m.model.logits(input_ids, mask)
     import torch
 
-    enc = m.tokenizer(
-        list(texts), padding=True, truncation=True, max_length=m.max_tokens, return_tensors="pt"
-    )
     with torch.inference_mode():
-        logits = m.model(**enc).logits
+        logits = m.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits
     out: npt.NDArray[np.float32] = logits.float().cpu().numpy()
     return out
 
@@ -211,12 +213,4 @@ def forward_ids(m: LoadedModel, batch: Sequence[Sequence[int]]) -> npt.NDArray[n
     if not batch:
         return np.zeros((0, len(m.labels)), dtype=np.float32)
     pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
-    input_ids, mask = pad_batch(batch, pad_id)
-    if isinstance(m.model, OrtClassifier):
-        return m.model.logits(input_ids, mask)
-    import torch
-
-    with torch.inference_mode():
-        logits = m.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits
-    out: npt.NDArray[np.float32] = logits.float().cpu().numpy()
-    return out
+    return _logits(m, *pad_batch(batch, pad_id))

@@ -23,9 +23,14 @@ INT8_BACKENDS: Final[tuple[str, ...]] = get_args(Int8Backend)
 DEFAULT_INT8_BACKEND: Final[Int8Backend] = "onnxruntime"
 
 
+def normalise_int8_backend(value: str | None) -> str:
+    """Case and surrounding blanks do not matter; empty means the default."""
+    return (value or "").strip().lower() or DEFAULT_INT8_BACKEND
+
+
 def parse_int8_backend(value: str | None) -> Int8Backend:
     """INT8_BACKEND's value (empty/None: the default); ValueError naming the variable otherwise."""
-    v = (value or "").strip().lower() or DEFAULT_INT8_BACKEND
+    v = normalise_int8_backend(value)
     if v not in INT8_BACKENDS:
         raise ValueError(f"{Env.INT8_BACKEND}: expected one of {', '.join(INT8_BACKENDS)}, got {value!r}")
     return cast(Int8Backend, v)
