@@ -57,6 +57,7 @@ class Env(StrEnum):
     RATE_LIMIT_EXPLAIN_PER_SECOND = "RATE_LIMIT_EXPLAIN_PER_SECOND"  # 0 disables
     FEEDBACK_DB_PATH = "FEEDBACK_DB_PATH"
     TORCH_THREADS = "TORCH_THREADS"  # 0: from the CPU quota
+    FORWARD_WORKERS = "FORWARD_WORKERS"  # slices of a batch run side by side; 0: one per thread
     SHUTDOWN_GRACE_SECONDS = "SHUTDOWN_GRACE_SECONDS"
     LOG_LEVEL = "LOG_LEVEL"
     INT8_BACKEND = "INT8_BACKEND"  # enable_quantized_model: "onnxruntime" (default) | "torch"

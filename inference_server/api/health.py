@@ -41,5 +41,6 @@ async def readyz(ctx: Ctx) -> Response:
             "calibrated": engine.calibrated,
             "max_tokens": engine.model.max_tokens,
             "torch_threads": state.torch_threads,
+            "forward_workers": engine.batcher.workers,
         }
     )

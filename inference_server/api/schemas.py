@@ -115,6 +115,7 @@ class ReadyResponse(BaseModel):
     calibrated: bool = False
     max_tokens: int = 0
     torch_threads: int = 0
+    forward_workers: int = 1
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:

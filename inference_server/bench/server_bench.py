@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_server.bench.inputs import InputSet, join_long, joined_text, select_short
+from inference_server.bench.paired import PAIRED_CONCURRENCY, PairedRound
 from inference_server.bench.report import (
     VARIANT_TITLES,
     BenchResults,
@@ -67,6 +68,10 @@ class Plan:
     quality_rows: int | None = None  # None: the whole test split
     short_n: int = 384
     long_n: int = 128
+    # Paired rounds (bench/paired.py): the c=32 ratios measured back to back, round after round.
+    paired_rounds: int = 4
+    paired_duration_s: float = 4.0
+    paired_ceiling_s: float = 1.5
 
 
 FULL = Plan()
@@ -81,6 +86,9 @@ QUICK = Plan(
     quality_rows=48,
     short_n=24,
     long_n=6,
+    paired_rounds=1,
+    paired_duration_s=0.5,
+    paired_ceiling_s=0.1,
 )
 
 
@@ -413,6 +421,69 @@ def bench_variant(
             res.open.append(open_run(variant, url, s, rate, plan, workdir))
 
 
+def run_paired(
+    model_dir: Path,
+    inputs: Sequence[InputSet],
+    variants: Sequence[str],
+    plan: Plan,
+    workdir: Path,
+    res: BenchResults,
+) -> None:
+    """Every server up at once; per round and input length: each ceiling, then each server at c=32."""
+    from inference_server.bench.inprocess import rate_at
+    from inference_server.runtime.model import load_model
+    from inference_server.runtime.quantization import int8_backend_from_env, int8_variant
+    from inference_server.settings import ServerSettings
+
+    servers = [v for v in ("naive", "fp32", "int8") if v in variants]
+    if plan.paired_rounds <= 0 or not servers:
+        return
+    fp32 = load_model(model_dir, max_tokens=ServerSettings.model_fields["max_tokens"].default)
+    models = {"fp32": fp32, "int8": int8_variant(fp32, backend=int8_backend_from_env())}
+    log(f"paired rounds at c={PAIRED_CONCURRENCY}: {plan.paired_rounds} per length, {', '.join(servers)}")
+    with contextlib.ExitStack() as stack:
+        urls = {v: stack.enter_context(_server(v, model_dir, workdir)).base_url + "/infer" for v in servers}
+        for s in inputs:
+            for k in range(plan.paired_rounds):
+                ceilings, rps = {}, {}
+                for precision, m in models.items():
+                    ceil = res.ceiling(precision, s.name)
+                    if ceil is not None:
+                        ceilings[precision] = rate_at(
+                            m,
+                            s.texts,
+                            batch_size=ceil.best_batch_size,
+                            layout=ceil.best_layout,
+                            min_time_s=plan.paired_ceiling_s,
+                        )
+                for v, url in urls.items():
+                    rps[v] = _paired_cell(v, url, s, k, plan, workdir)
+                res.paired.append(PairedRound(s.name, k, rps, ceilings))
+                log(
+                    f"paired {s.name} round {k + 1}: "
+                    + ", ".join(f"{v} {x:.1f} req/s" for v, x in rps.items())
+                    + "; ceilings "
+                    + ", ".join(f"{p} {x:.1f}" for p, x in ceilings.items())
+                    + f" sentences/s (load {_load()})"
+                )
+
+
+def _paired_cell(variant: str, url: str, inputs: InputSet, k: int, plan: Plan, workdir: Path) -> float:
+    spec = {
+        "name": f"paired-{variant}-{inputs.name}-{k}",
+        "mode": "closed",
+        "concurrency": PAIRED_CONCURRENCY,
+        "max_requests": 1_000_000,  # bounded by the duration
+        "duration_s": plan.paired_duration_s,
+        "warmup": PAIRED_CONCURRENCY,
+    }
+    (run,) = run_loadgen(url, inputs.texts, [spec], workdir, f"{variant}-{inputs.name}-paired-{k}")
+    summary, _ = _summary_of(run)
+    if summary.errors:
+        raise RuntimeError(f"{summary.errors} requests failed in paired round {k + 1} of {variant}")
+    return float(summary.rps)
+
+
 # --- CLI -------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -576,6 +647,7 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
     try:
         for variant in variants:
             bench_variant(variant, model_dir, (short, long), inproc.expected, plan, workdir, res)
+        run_paired(model_dir, (short, long), variants, plan, workdir, res)
     except Exception as exc:
         log(f"FAILED: {exc}")
         return EXIT_FAILED

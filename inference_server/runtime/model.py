@@ -7,7 +7,7 @@ evaluation, calibration, drift and reprocess jobs all call it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +28,14 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "count_tokens",
+    "default_forward_workers",
     "encode_ids",
     "forward_ids",
     "labels_from_config",
     "load_model",
     "pad_batch",
     "predict_logits",
+    "thread_setter",
 ]
 
 
@@ -115,6 +117,21 @@ def load_model(
     from inference_server.runtime.quantization import int8_variant
 
     return int8_variant(loaded, backend=int8_backend, cache_dir=onnx_cache_dir)
+
+
+def thread_setter(m: LoadedModel) -> Callable[[int], None]:
+    """How a forward worker sizes the intra-op pool of its next passes, for the calling thread only:
+    torch's OpenMP count is per thread; ONNX Runtime picks a session opened with that many threads."""
+    if isinstance(m.model, OrtClassifier):
+        return m.model.set_threads
+    import torch
+
+    return torch.set_num_threads
+
+
+def default_forward_workers(threads: int) -> int:
+    """Slices of a batch side by side when FORWARD_WORKERS is 0: one single-threaded slice per thread."""
+    return max(1, threads)
 
 
 def count_tokens(m: LoadedModel, texts: Sequence[str]) -> list[int]:

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -333,22 +334,42 @@ def cached_int8_onnx(
 
 # --- running it -------------------------------------------------------------------------------------
 class OrtClassifier:
-    """An ONNX Runtime session that maps (input_ids, attention_mask) to logits."""
+    """ONNX Runtime sessions that map (input_ids, attention_mask) to logits.
 
-    def __init__(self, session: Any, *, path: Path, size_bytes: int) -> None:
-        self.session = session
+    A session's intra-op pool is fixed when it is created, so where torch lets each forward worker
+    set its own thread count, this keeps one session per count, opened on first use from the same
+    bytes (tens of MB each for MiniLM): ``set_threads`` picks, for the calling thread, the session
+    its next ``logits`` call runs on. Sessions are safe to run from several threads at once.
+    """
+
+    def __init__(self, session: Any, *, path: Path, size_bytes: int, data: bytes | None = None) -> None:
+        self.session = session  # the one with the thread count it was opened with
         self.path = path
         self.size_bytes = size_bytes
+        self._data = data  # to open sessions for other thread counts; None: only this one
+        self._threads = int(session.get_session_options().intra_op_num_threads)
+        self._sessions: dict[int, Any] = {self._threads: session}
+        self._open_lock = threading.Lock()
+        self._local = threading.local()
         self._inputs = tuple(i.name for i in session.get_inputs())
         missing = set(self._inputs) - set(INPUT_NAMES)
         if missing:
             raise OnnxInt8Error(f"{path}: unexpected model inputs {sorted(missing)}")
 
+    def set_threads(self, threads: int) -> None:
+        """Run this thread's next passes on a session with ``threads`` intra-op threads."""
+        if threads not in self._sessions and self._data is not None:
+            with self._open_lock:
+                if threads not in self._sessions:
+                    self._sessions[threads] = _new_session(self._data, threads)
+        self._local.threads = threads if threads in self._sessions else self._threads
+
     def logits(
         self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
+        session = self._sessions[getattr(self._local, "threads", self._threads)]
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
-        out = self.session.run([OUTPUT_NAME], {k: feed[k] for k in self._inputs})[0]
+        out = session.run([OUTPUT_NAME], {k: feed[k] for k in self._inputs})[0]
         return np.asarray(out, dtype=np.float32)
 
 
@@ -356,8 +377,8 @@ def session_options(threads: int) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    # The server runs one forward pass at a time on its worker thread: all parallelism is intra-op,
-    # sized like torch's pool (runtime/threads.py), never more threads than the CPU quota.
+    # Sized like torch's pool (runtime/threads.py): all the threads for a pass alone, a forward worker's
+    # share for a slice beside others (OrtClassifier.set_threads), never more than the CPU quota.
     so.intra_op_num_threads = max(1, threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -368,11 +389,14 @@ def session_options(threads: int) -> Any:
     return so
 
 
-def open_session(data: bytes, *, path: Path, threads: int) -> OrtClassifier:
+def _new_session(data: bytes, threads: int) -> Any:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
-    return OrtClassifier(session, path=path, size_bytes=len(data))
+    return ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def open_session(data: bytes, *, path: Path, threads: int) -> OrtClassifier:
+    return OrtClassifier(_new_session(data, threads), path=path, size_bytes=len(data), data=data)
 
 
 def load_int8_session(

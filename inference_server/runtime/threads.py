@@ -62,7 +62,7 @@ def configure_torch_threads(requested: int = 0) -> int:
 
     n = requested if requested > 0 else available_cpus()
     torch.set_num_threads(n)
-    # One inter-op thread: the server runs one forward pass at a time (a single worker thread). Raises
+    # One inter-op thread: the server's passes run on its own forward workers (serving/batching.py). Raises
     # when inter-op work already started in this process (tests, jobs): then keep what is there.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)

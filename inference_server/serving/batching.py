@@ -4,14 +4,22 @@ Requests submit their token ids and await a future. A collector task takes whate
 up to ``wait_ms`` for companions only while other inference requests are known to be on their way
 (their HTTP request has started but not yet been submitted: see ``Ticket``), then plans batches bounded
 by count and by padded tokens, grouped by length so that short texts are not padded to long ones, and
-runs them one at a time on a single worker thread (torch parallelises inside the forward pass with its
-own intra-op threads). A lone request is therefore never delayed, and under load batches form by
-themselves while the worker is busy.
+runs them one at a time. A lone request is therefore never delayed, and under load batches form by
+themselves while a batch runs.
+
+A batch runs on ``workers`` forward threads at once: split into that many length-ordered slices, each a
+pass of its own on ``threads // workers`` intra-op threads (``set_threads`` is called on the worker
+thread: torch's OpenMP thread count is per calling thread). On 2 cores, two single-threaded passes of
+16 short texts side by side did 121-126 sentences/s against 78-98 for one two-threaded pass of the
+same texts, and 23-28 vs 19 for long ones (/tmp-free probe in docs/reports/server-benchmark.md):
+small matrices split across threads spend their time in barriers, and a barrier stalls whenever the
+event loop takes one of the threads' cores. Each slice is also padded only to its own longest text.
 
 A request that finds the batcher idle (nothing queued, no forward pass running, no other inference
-request announced) skips the collector and hands its forward pass to the worker thread itself: the
-collector's hop costs extra trips through the event loop (~0.08 ms of the ~1.4 ms the server adds at
-concurrency 1, measured) for a batch that could only ever hold this one request. Whoever runs a
+request announced) skips the collector and hands its pass straight to a worker, with all the threads:
+alone, the latency of one pass is what counts (a 120-token text: 46 ms on 2 threads, 67 on 1), and the
+collector's hop would cost extra trips through the event loop (~0.08 ms of the ~1.4 ms the server adds
+at concurrency 1, measured) for a batch that could only ever hold this one request. Whoever runs a
 forward pass holds ``_forward_lock``, so requests that arrive meanwhile still queue up and form the
 next batch.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Logits = npt.NDArray[np.float32]
 RunBatch = Callable[[list[list[int]]], Logits]
+SetThreads = Callable[[int], None]
 
 
 class DrainingError(RuntimeError):
@@ -56,6 +66,14 @@ def plan_batches(lengths: Sequence[int], *, max_size: int, max_tokens: int) -> l
     if current:
         batches.append(current)
     return batches
+
+
+def split_batch(n: int, parts: int, *, min_slice: int) -> list[range]:
+    """Contiguous slices of a length-ordered batch of ``n``: as many as ``parts`` allows with at least
+    ``min_slice`` texts each (a slice of one or two texts would waste its thread), sizes within one."""
+    k = max(1, min(parts, n // max(1, min_slice)))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [range(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
 class Ticket:
@@ -94,14 +112,28 @@ class MicroBatcher:
         max_batch_tokens: int = 8192,
         wait_ms: float = 3.0,
         on_batch: Callable[[int, int, float], None] | None = None,
+        workers: int = 1,
+        threads: int = 1,
+        set_threads: SetThreads | None = None,
+        min_slice: int = 4,
     ) -> None:
+        if workers < 1 or threads < 1 or min_slice < 1:
+            raise ValueError(
+                f"workers, threads and min_slice must be at least 1 (got {workers}, {threads}, {min_slice})"
+            )
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.wait_s = wait_ms / 1000.0
         # (items, padded tokens, seconds the pass took on the worker thread) per forward pass, for metrics
         self._on_batch = on_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self.workers = workers
+        self.threads = threads  # intra-op threads of a pass alone; a slice beside others gets its share
+        self.threads_per_worker = max(1, threads // workers)
+        self.min_slice = min_slice
+        self._set_threads = set_threads
+        self._thread_state = threading.local()  # the intra-op thread count each worker last set
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forward")
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._announced = 0
@@ -161,10 +193,21 @@ class MicroBatcher:
         return list(await asyncio.gather(*futures))
 
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run other torch work (saliency) on the forward thread, so it never competes with batches."""
+        """Run other torch work (saliency) on a forward worker with all the threads, between batches, so
+        it never competes with them."""
         if self._draining:
             raise DrainingError("server is shutting down")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        async with self._forward_lock:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._exclusive, fn, args)
+
+    def _exclusive(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        self._use_threads(self.threads)
+        return fn(*args)
+
+    def _use_threads(self, threads: int) -> None:
+        if self._set_threads is not None and getattr(self._thread_state, "threads", 0) != threads:
+            self._set_threads(threads)  # this worker thread's count only (OpenMP's is per thread)
+            self._thread_state.threads = threads
 
     # --- collector -----------------------------------------------------------------------------
     def _queued_tokens(self) -> int:
@@ -214,17 +257,27 @@ class MicroBatcher:
                     await self._run(loop, batch)
 
     async def _forward(self, loop: asyncio.AbstractEventLoop, ids: list[list[int]]) -> Logits:
-        """One forward pass on the worker thread (the caller holds ``_forward_lock``)."""
+        """One batch (the caller holds ``_forward_lock``): a single pass on all threads, or slices side
+        by side on the workers (see the module docstring); logits rows in the order of ``ids``."""
+        slices = split_batch(len(ids), self.workers, min_slice=self.min_slice)
+        threads = self.threads if len(slices) == 1 else self.threads_per_worker
         try:
-            logits, seconds = await loop.run_in_executor(self._executor, self._timed, ids)
+            done = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._executor, self._timed, ids[s.start : s.stop], threads)
+                    for s in slices
+                )
+            )
         except Exception:
             log.exception("forward pass failed for a batch of %d", len(ids))
             raise
-        if self._on_batch is not None:
-            self._on_batch(len(ids), max(len(i) for i in ids) * len(ids), seconds)
-        return logits
+        for (_, seconds), part in zip(done, slices, strict=True):
+            if self._on_batch is not None:
+                self._on_batch(len(part), max(len(ids[i]) for i in part) * len(part), seconds)
+        return done[0][0] if len(done) == 1 else np.concatenate([logits for logits, _ in done])
 
-    def _timed(self, ids: list[list[int]]) -> tuple[Logits, float]:
+    def _timed(self, ids: list[list[int]], threads: int) -> tuple[Logits, float]:
+        self._use_threads(threads)
         # Timed on the worker thread itself: the pass as the server ran it, without the hand-offs.
         start = time.perf_counter()
         logits = self._run_batch(ids)

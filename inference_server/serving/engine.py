@@ -20,7 +20,13 @@ from inference_server.feedback.recent import RecentPredictions
 from inference_server.observability.logging import inference_fields, log_inference
 from inference_server.observability.metrics import ServerMetrics
 from inference_server.runtime.calibration import CalibrationParams
-from inference_server.runtime.model import LoadedModel, encode_ids, forward_ids
+from inference_server.runtime.model import (
+    LoadedModel,
+    default_forward_workers,
+    encode_ids,
+    forward_ids,
+    thread_setter,
+)
 from inference_server.serving.batching import MicroBatcher
 from inference_server.serving.validation import check_token_count, normalise_text, precheck_length
 
@@ -76,6 +82,8 @@ class InferenceEngine:
         max_batch_size: int,
         max_batch_tokens: int,
         batch_wait_ms: float,
+        threads: int = 1,
+        workers: int = 0,
     ) -> None:
         self.model = model
         self.calibration = calibration
@@ -91,6 +99,9 @@ class InferenceEngine:
             max_batch_tokens=max_batch_tokens,
             wait_ms=batch_wait_ms,
             on_batch=lambda n, _tokens, seconds: metrics.observe_batch(n, seconds),
+            workers=workers or default_forward_workers(threads),
+            threads=threads,
+            set_threads=thread_setter(model),
         )
 
     @property
@@ -159,10 +170,12 @@ class InferenceEngine:
         return [self.answer(p, row) for p, row in zip(prepared, rows, strict=True)]
 
     async def warm_up(self, rounds: int = 2) -> None:
-        """Exercise the real path (short, medium and longest inputs, batched) before turning ready, so
-        the first user request does not pay for lazy initialisation in torch and the tokenizer."""
+        """Exercise the real path (short, medium and longest inputs; alone, batched, and batched into
+        slices on every forward worker) before turning ready, so the first user request does not pay
+        for lazy initialisation in torch, ONNX Runtime (a session per thread count) or the tokenizer."""
         max_len = max(2, self.model.max_tokens - 2)
         samples = ["ok", "warm up " * 8, " ".join(["warm"] * max_len)]
+        sliced = self.batcher.workers * self.batcher.min_slice
         for _ in range(rounds):
             prepared = []
             for text in samples:
@@ -170,3 +183,5 @@ class InferenceEngine:
                 prepared.append(ids)
             await self.batcher.submit_many(prepared)
             await asyncio.gather(*(self.batcher.submit(ids) for ids in prepared))
+            if self.batcher.workers > 1:
+                await self.batcher.submit_many([prepared[i % 2] for i in range(sliced)])

@@ -133,6 +133,8 @@ async def bring_up(
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=max(settings.max_batch_tokens, loaded.served.max_tokens),
             batch_wait_ms=settings.batch_wait_ms,
+            threads=loaded.threads,
+            workers=settings.forward_workers,
         )
         engine.batcher.start()
         state.engine = engine
@@ -157,6 +159,7 @@ async def bring_up(
                 "calibrated": engine.calibrated,
                 "max_tokens": loaded.served.max_tokens,
                 "torch_threads": loaded.threads,
+                "forward_workers": engine.batcher.workers,
             }
         },
     )

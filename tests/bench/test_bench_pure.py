@@ -229,3 +229,33 @@ def test_results_survive_the_json_round_trip_and_render_the_same() -> None:
     assert again.ceiling("fp32", "short") == res.ceiling("fp32", "short")  # int batch-size keys restored
     cs = (1, 8, 32, 64)
     assert render_report(again, concurrencies=cs) == render_report(res, concurrencies=cs)
+
+
+def test_paired_rounds_judge_the_c32_lines_by_the_median_of_each_rounds_own_ratio() -> None:
+    """The sweep cells say INT8 is 1.5× fp32 (a miss), but in every paired round, measured back to back,
+    it is ≥ 1.7×: the verdict follows the rounds, and the text shows both."""
+    import json
+
+    from inference_server.bench.paired import PairedRound
+
+    res = _results(fp32_rps=120, naive_rps=30, int8_rps=180, ceiling=140, fp32_c1_p50=19.5, bare_p50=18.0,
+                   f1=(0.84, 0.835))
+    for k, (fp32, int8, ceiling) in enumerate([(100, 175, 120), (90, 160, 125), (110, 190, 130)]):
+        res.paired.append(PairedRound("short", k, {"naive": 30.0, "fp32": fp32, "int8": int8},
+                                      {"fp32": ceiling, "int8": 2 * ceiling}))
+    verdicts = {t.name: t for t in evaluate_targets(res)}
+    int8 = verdicts["INT8 vs fp32 server, c=32, short"]
+    assert int8.passed is True  # rounds: 1.75×, 1.78×, 1.73× → median 1.75×
+    assert "median 1.75× of 3 paired rounds (1.73×–1.78×)" in int8.measured
+    assert "sweep cell 1.50×" in int8.measured
+    ceiling = verdicts["fp32 server vs raw ceiling, c=32, short"]
+    assert ceiling.passed is True  # rounds: 83%, 72%, 85% → median 83%
+    assert ceiling.measured.startswith("median 83% of 3 paired rounds (72%–85%); sweep cell 86%")
+    naive = verdicts["fp32 server vs naive, c=32, short"]
+    assert naive.passed is True and naive.measured.startswith("median 3.33×")  # 100/30 in the middle
+    # Long inputs have no rounds: judged on the sweep cell, as before.
+    assert "paired" not in verdicts["INT8 vs fp32 server, c=32, long"].measured
+    # The rounds survive the JSON round trip and render as their own section.
+    again = BenchResults.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert again.paired == res.paired
+    assert "## Paired rounds at c=32" in render_report(again, concurrencies=(1, 8, 32, 64))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference_server.serving.batching import DrainingError, MicroBatcher, plan_batches
+from inference_server.serving.batching import DrainingError, MicroBatcher, plan_batches, split_batch
 
 
 @given(
@@ -29,6 +29,17 @@ def test_plan_batches_partitions_within_bounds(lengths: list[int], max_size: int
     # Grouped by length: batches are contiguous runs of the sorted lengths.
     runs = [sorted(lengths[i] for i in batch) for batch in plan]
     assert [x for run in runs for x in run] == sorted(lengths)
+
+
+@given(st.integers(1, 200), st.integers(1, 8), st.integers(1, 16))
+def test_split_batch_cuts_contiguous_even_slices(n: int, parts: int, min_slice: int) -> None:
+    slices = split_batch(n, parts, min_slice=min_slice)
+    assert [i for s in slices for i in s] == list(range(n))  # in order, every item once
+    assert 1 <= len(slices) <= parts
+    sizes = [len(s) for s in slices]
+    assert max(sizes) - min(sizes) <= 1
+    assert len(slices) == 1 or min(sizes) >= min_slice  # no slice too small to be worth a thread
+    assert len(slices) == min(parts, max(1, n // min_slice))  # as many as allowed
 
 
 class FakeModel:
@@ -195,3 +206,65 @@ async def test_stop_during_a_lone_pass_finishes_it_and_the_queue() -> None:
     model.gate.set()
     await asyncio.wait_for(stopping, 30)
     assert (await lone).tolist() == [7, 1] and (await queued).tolist() == [8, 1]
+
+
+class ThreadRecordingModel(FakeModel):
+    """Records, per pass, the worker thread and the intra-op thread count it had set; with a barrier,
+    proves that the slices of one batch run at the same time."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.local = threading.local()
+        self.passes: list[tuple[str, int, int]] = []  # (thread name, threads set, texts)
+        self.barrier = threading.Barrier(parties, timeout=30)
+        self.use_barrier = False
+
+    def set_threads(self, n: int) -> None:
+        self.local.threads = n
+
+    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        self.passes.append((threading.current_thread().name, getattr(self.local, "threads", 0), len(batch)))
+        if self.use_barrier:
+            self.barrier.wait()  # raises BrokenBarrierError unless the other slice is in a pass too
+        return super().__call__(batch)
+
+
+async def test_a_batch_runs_as_slices_side_by_side_with_a_share_of_the_threads() -> None:
+    model = ThreadRecordingModel(parties=2)
+    batcher = MicroBatcher(
+        model, wait_ms=60_000, workers=2, threads=4, set_threads=model.set_threads, min_slice=3
+    )
+    batcher.start()
+    # Alone: one pass with every thread.
+    assert (await asyncio.wait_for(batcher.submit([5, 5]), 30)).tolist() == [10, 2]
+    assert model.passes == [(model.passes[0][0], 4, 1)]
+    # Six queued texts (an announced companion holds the batch open): two slices of three, at the same
+    # time (the barrier), on two worker threads with two intra-op threads each, answers in order.
+    model.passes.clear()
+    model.use_barrier = True
+    ticket = batcher.ticket()
+    inputs = [[i] * i for i in range(1, 7)]
+    tasks = [asyncio.create_task(batcher.submit(ids)) for ids in inputs]
+    await asyncio.sleep(0)
+    ticket.release()
+    rows = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert [r.tolist() for r in rows] == [[i * i, i] for i in range(1, 7)]
+    assert sorted((threads, n) for _, threads, n in model.passes) == [(2, 3), (2, 3)]
+    assert len({name for name, _, _ in model.passes}) == 2
+    # Two texts cannot make two slices of three: one pass with every thread again.
+    model.passes.clear()
+    model.use_barrier = False
+    ticket = batcher.ticket()
+    tasks = [asyncio.create_task(batcher.submit(ids)) for ids in ([1], [2, 2])]
+    await asyncio.sleep(0)
+    ticket.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert [(threads, n) for _, threads, n in model.passes] == [(4, 2)]
+    # Other work on the forward workers (saliency) gets every thread too.
+    assert await batcher.run_exclusive(lambda: model.local.threads) == 4
+    await batcher.stop()
+
+
+def test_worker_and_thread_counts_are_validated() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher(FakeModel(), workers=0)

@@ -38,14 +38,18 @@ async def _answers(settings: ServerSettings, texts: list[str]) -> tuple[list[dic
     return [r.json() for r in responses], buckets
 
 
-@pytest.mark.parametrize(("quantized", "tolerance"), [("false", 1e-5), ("true", 1e-3)])
+@pytest.mark.parametrize(
+    ("quantized", "tolerance", "workers"),
+    [("false", 1e-5, "1"), ("false", 1e-5, "2"), ("true", 1e-3, "1"), ("true", 1e-3, "2")],
+)
 async def test_batched_and_unbatched_answers_are_identical(
-    make_settings: Callable[..., ServerSettings], quantized: str, tolerance: float
+    make_settings: Callable[..., ServerSettings], quantized: str, tolerance: float, workers: str
 ) -> None:
-    """fp32: equal to float32 rounding. INT8: dynamic quantization scales activations per tensor, i.e.
-    over the whole batch, so companions move a probability slightly (bounded here), never the label."""
+    """fp32: equal to float32 rounding, whether a batch runs as one pass or as slices on two forward
+    workers. INT8: dynamic quantization scales activations per tensor, i.e. over the whole batch, so
+    companions move a probability slightly (bounded here), never the label."""
     texts = _texts(48)
-    flags = {"enable_quantized_model": quantized}
+    flags = {"enable_quantized_model": quantized, "FORWARD_WORKERS": workers}
     unbatched, one_buckets = await _answers(
         make_settings(MAX_BATCH_SIZE="1", BATCH_WAIT_MS="0", **flags), texts
     )

@@ -221,3 +221,30 @@ def test_unusable_cache_dir_is_a_model_load_error_naming_the_variable(
 
 def test_the_test_session_never_writes_to_the_user_cache() -> None:
     assert "onnx-cache" in os.environ["ONNX_CACHE_DIR"]
+
+
+def test_each_thread_runs_on_a_session_with_the_thread_count_it_set(fp32: LoadedModel) -> None:
+    """A forward worker's slice runs on a session with its share of the threads, the lone pass on the
+    full one, side by side, each from the same bytes and with the same answers."""
+    int8 = int8_variant(fp32, backend=parse_int8_backend("onnxruntime"), threads=2)
+    classifier = int8.model
+    assert isinstance(classifier, OrtClassifier)
+    from inference_server.runtime.model import pad_batch, thread_setter
+
+    batch = pad_batch(encode_ids(fp32, CLEAR), 0)
+    full = classifier.logits(*batch)  # nothing set: the session it was opened with (2 threads)
+    seen: dict[str, int] = {}
+
+    def on_worker(threads: int) -> np.ndarray:
+        thread_setter(int8)(threads)
+        seen[threading.current_thread().name] = classifier._local.threads
+        return classifier.logits(*batch)
+
+    with ThreadPoolExecutor(2, thread_name_prefix="w") as pool:
+        one, two = pool.map(on_worker, [1, 2])
+    assert sorted(seen.values()) == [1, 2]
+    assert sorted(classifier._sessions) == [1, 2]  # one session per count, opened once
+    assert classifier._sessions[1].get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(one, full, atol=1e-5)
+    np.testing.assert_allclose(two, full, atol=1e-5)
+    assert getattr(classifier._local, "threads", None) is None  # the caller's thread never chose
