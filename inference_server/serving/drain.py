@@ -58,6 +58,10 @@ def build_server(settings: ServerSettings, app: FastAPI, *, port: int | None = N
         port=settings.port if port is None else port,
         log_config=None,  # logging is configured by observability.logging (JSON lines)
         access_log=False,  # one inference line per request is ours; access lines would double it
+        # Nothing here reads the client's address (rate limits are per endpoint, logs carry no IP): no
+        # need to rewrite it from X-Forwarded-* headers that any client can send.
+        proxy_headers=False,
+        server_header=False,  # no need to advertise the server software
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
         lifespan="on",
     )
