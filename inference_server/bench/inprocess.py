@@ -23,7 +23,7 @@ from inference_server.runtime.model import (
     predict_logits,
     thread_setter,
 )
-from inference_server.serving.batching import split_batch
+from inference_server.serving.batching import MIN_SLICE, split_batch
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,6 @@ def measure_ceiling(
 
 
 SLICE_WORKERS = 2  # the server's default on this project's 2-core machines (one pass per thread)
-MIN_SLICE = 4  # serving/batching.py MicroBatcher's default
 
 
 @contextlib.contextmanager

@@ -7,13 +7,14 @@ by count and by padded tokens, grouped by length so that short texts are not pad
 runs them one at a time. A lone request is therefore never delayed, and under load batches form by
 themselves while a batch runs.
 
-A batch runs on ``workers`` forward threads at once: split into that many length-ordered slices, each a
-pass of its own on ``threads // workers`` intra-op threads (``set_threads`` is called on the worker
-thread: torch's OpenMP thread count is per calling thread). On 2 cores, two single-threaded passes of
-16 short texts side by side did 121-126 sentences/s against 78-98 for one two-threaded pass of the
-same texts, and 23-28 vs 19 for long ones (/tmp-free probe in docs/reports/server-benchmark.md):
-small matrices split across threads spend their time in barriers, and a barrier stalls whenever the
-event loop takes one of the threads' cores. Each slice is also padded only to its own longest text.
+A batch runs on ``workers`` forward threads at once: split into up to that many length-ordered slices
+of at least ``min_slice`` texts, each a pass of its own on ``threads // workers`` intra-op threads
+(``set_threads`` is called on the worker thread: torch's OpenMP thread count is per calling thread).
+On 2 cores, two single-threaded passes of 16 short texts side by side did 119-126 sentences/s against
+78-98 for one two-threaded pass, and 23-28 vs 19-22 for long ones (Findings of
+docs/reports/server-benchmark.md): small matrices split across threads spend their time in barriers,
+and a barrier stalls whenever the event loop takes one of the threads' cores. Each slice is also
+padded only to its own longest text.
 
 A request that finds the batcher idle (nothing queued, no forward pass running, no other inference
 request announced) skips the collector and hands its pass straight to a worker, with all the threads:
@@ -44,6 +45,8 @@ T = TypeVar("T")
 Logits = npt.NDArray[np.float32]
 RunBatch = Callable[[list[list[int]]], Logits]
 SetThreads = Callable[[int], None]
+# Fewest texts worth a slice of their own: a slice of one or two would waste its thread on overhead.
+MIN_SLICE = 4
 
 
 class DrainingError(RuntimeError):
@@ -115,7 +118,7 @@ class MicroBatcher:
         workers: int = 1,
         threads: int = 1,
         set_threads: SetThreads | None = None,
-        min_slice: int = 4,
+        min_slice: int = MIN_SLICE,
     ) -> None:
         if workers < 1 or threads < 1 or min_slice < 1:
             raise ValueError(
