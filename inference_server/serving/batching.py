@@ -264,16 +264,20 @@ class MicroBatcher:
         by side on the workers (see the module docstring); logits rows in the order of ``ids``."""
         slices = split_batch(len(ids), self.workers, min_slice=self.min_slice)
         threads = self.threads if len(slices) == 1 else self.threads_per_worker
-        try:
-            done = await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._executor, self._timed, ids[s.start : s.stop], threads)
-                    for s in slices
-                )
-            )
-        except Exception:
-            log.exception("forward pass failed for a batch of %d", len(ids))
-            raise
+        # Every slice finishes before this returns, even when one fails: the lock must cover all the work
+        # on the workers, or the next batch would start beside a slice still running.
+        outcomes = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._executor, self._timed, ids[s.start : s.stop], threads)
+                for s in slices
+            ),
+            return_exceptions=True,
+        )
+        failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failed is not None:
+            log.error("forward pass failed for a batch of %d", len(ids), exc_info=failed)
+            raise failed
+        done = [o for o in outcomes if not isinstance(o, BaseException)]
         for (_, seconds), part in zip(done, slices, strict=True):
             if self._on_batch is not None:
                 self._on_batch(len(part), max(len(ids[i]) for i in part) * len(part), seconds)

@@ -268,3 +268,30 @@ async def test_a_batch_runs_as_slices_side_by_side_with_a_share_of_the_threads()
 def test_worker_and_thread_counts_are_validated() -> None:
     with pytest.raises(ValueError, match="workers"):
         MicroBatcher(FakeModel(), workers=0)
+
+
+async def test_a_failing_slice_fails_its_batch_only_after_every_slice_has_finished() -> None:
+    """The forward lock must cover all the work on the workers: a batch whose first slice fails at once
+    is not answered (nor the next batch started) while its other slice is still running."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def model(batch: list[list[int]]) -> np.ndarray:
+        if batch[0][0] == 1:  # the slice of the shortest texts fails at once
+            raise RuntimeError("boom")
+        entered.set()
+        assert gate.wait(30), "gate never opened"
+        return np.array([[sum(ids), len(ids)] for ids in batch], dtype=np.float32)
+
+    batcher = MicroBatcher(model, wait_ms=60_000, workers=2, threads=2, min_slice=2)
+    batcher.start()
+    ticket = batcher.ticket()
+    tasks = [asyncio.create_task(batcher.submit([i] * i)) for i in range(1, 5)]  # slices [1, 2] and [3, 4]
+    await asyncio.sleep(0)
+    ticket.release()
+    await _until(entered)
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in tasks)  # the failed slice waits for its sibling
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    await batcher.stop()
