@@ -136,6 +136,13 @@ async def bring_up(
             threads=loaded.threads,
             workers=settings.forward_workers,
         )
+        if engine.batcher.workers > loaded.threads:
+            log.warning(
+                "FORWARD_WORKERS=%d exceeds the %d intra-op thread(s) this server uses (TORCH_THREADS or "
+                "the CPU quota): slices will share cores; 0 = one per thread",
+                engine.batcher.workers,
+                loaded.threads,
+            )
         engine.batcher.start()
         state.engine = engine
         state.phase = Phase.WARMING

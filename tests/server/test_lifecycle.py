@@ -196,3 +196,17 @@ def test_a_model_directory_that_is_not_a_classifier_fails_cleanly(
         r = client.get(c.Path.READYZ)
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_load_failed"
     assert len(fatal) == 1
+
+
+async def test_forward_workers_default_to_one_per_thread_and_more_are_warned_about(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(create_app(make_settings(TORCH_THREADS="2"))) as client:
+        ready = (await client.get(c.Path.READYZ)).json()
+        assert (ready["torch_threads"], ready["forward_workers"]) == (2, 2)
+    assert "FORWARD_WORKERS" not in caplog.text
+    async with serving(create_app(make_settings(TORCH_THREADS="1", FORWARD_WORKERS="3"))) as client:
+        ready = (await client.get(c.Path.READYZ)).json()
+        assert (ready["torch_threads"], ready["forward_workers"]) == (1, 3)
+        assert (await client.post(c.Path.INFER, json={"text": "great"})).status_code == 200
+    assert "FORWARD_WORKERS=3 exceeds the 1 intra-op thread(s)" in caplog.text
