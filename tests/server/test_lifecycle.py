@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -201,12 +202,24 @@ def test_a_model_directory_that_is_not_a_classifier_fails_cleanly(
 async def test_forward_workers_default_to_one_per_thread_and_more_are_warned_about(
     make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with serving(create_app(make_settings(TORCH_THREADS="2"))) as client:
-        ready = (await client.get(c.Path.READYZ)).json()
-        assert (ready["torch_threads"], ready["forward_workers"]) == (2, 2)
-    assert "FORWARD_WORKERS" not in caplog.text
-    async with serving(create_app(make_settings(TORCH_THREADS="1", FORWARD_WORKERS="3"))) as client:
-        ready = (await client.get(c.Path.READYZ)).json()
-        assert (ready["torch_threads"], ready["forward_workers"]) == (1, 3)
-        assert (await client.post(c.Path.INFER, json={"text": "great"})).status_code == 200
-    assert "FORWARD_WORKERS=3 exceeds the 1 intra-op thread(s)" in caplog.text
+    # Straight on the module's logger, enabled and at WARNING: other apps in this process configure
+    # logging (levels, handlers), which could otherwise hide the record from caplog.
+    logger = logging.getLogger("inference_server.serving.lifecycle")
+    was_disabled, logger.disabled = logger.disabled, False
+    was_level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever LOG_LEVEL an earlier app left on the root logger
+    logger.addHandler(caplog.handler)
+    try:
+        async with serving(create_app(make_settings(TORCH_THREADS="2"))) as client:
+            ready = (await client.get(c.Path.READYZ)).json()
+            assert (ready["torch_threads"], ready["forward_workers"]) == (2, 2)
+        assert "FORWARD_WORKERS" not in caplog.text
+        async with serving(create_app(make_settings(TORCH_THREADS="1", FORWARD_WORKERS="3"))) as client:
+            ready = (await client.get(c.Path.READYZ)).json()
+            assert (ready["torch_threads"], ready["forward_workers"]) == (1, 3)
+            assert (await client.post(c.Path.INFER, json={"text": "great"})).status_code == 200
+        assert "FORWARD_WORKERS=3 exceeds the 1 intra-op thread(s)" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.disabled = was_disabled
+        logger.setLevel(was_level)
