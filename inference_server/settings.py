@@ -74,7 +74,7 @@ class ServerSettings(BaseSettings):
     )
     torch_threads: int = Field(0, ge=0, le=256, validation_alias=_env(Env.TORCH_THREADS))
     # Slices of a batch that run side by side, sharing the threads (serving/batching.py); 0: one per
-    # thread (runtime/model.py `default_forward_workers`).
+    # thread (serving/engine.py).
     forward_workers: int = Field(0, ge=0, le=256, validation_alias=_env(Env.FORWARD_WORKERS))
     shutdown_grace_seconds: float = Field(
         20.0, ge=0, le=600, validation_alias=_env(Env.SHUTDOWN_GRACE_SECONDS)

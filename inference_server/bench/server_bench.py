@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import gc
 import json
 import os
 import platform
@@ -222,21 +221,29 @@ class InProcess:
     expected: dict[tuple[str, str], list[str]]  # (precision, length) → label per input
 
 
-def run_in_process(
-    model_dir: Path, short: InputSet, long: InputSet, test: Sequence[Any], plan: Plan, skip_quality: bool
-) -> InProcess:
-    from inference_server.bench.inprocess import measure_ceiling, measure_quality, predicted_labels
+def load_models(model_dir: Path) -> dict[str, Any]:
+    """fp32 and INT8 in this process, loaded once for the ceilings, the accuracy and the paired rounds."""
     from inference_server.runtime.model import load_model
     from inference_server.runtime.quantization import int8_backend_from_env, int8_variant
     from inference_server.settings import ServerSettings
 
-    max_tokens = ServerSettings.model_fields["max_tokens"].default
-    fp32 = load_model(model_dir, max_tokens=max_tokens)
+    fp32 = load_model(model_dir, max_tokens=ServerSettings.model_fields["max_tokens"].default)
     # Exactly what the server does for enable_quantized_model (serving/lifecycle.py), with the backend
     # it serves by default (INT8_BACKEND, which the (d) server inherits too). With ONNX Runtime this
     # also builds the cached INT8 file that the (d) server then loads.
-    int8 = int8_variant(fp32, backend=int8_backend_from_env())
-    models = {"fp32": fp32, "int8": int8}
+    return {"fp32": fp32, "int8": int8_variant(fp32, backend=int8_backend_from_env())}
+
+
+def run_in_process(
+    models: dict[str, Any],
+    short: InputSet,
+    long: InputSet,
+    test: Sequence[Any],
+    plan: Plan,
+    skip_quality: bool,
+) -> InProcess:
+    from inference_server.bench.inprocess import measure_ceiling, measure_quality, predicted_labels
+
     ceilings, expected = [], {}
     for precision, m in models.items():
         for inputs in (short, long):
@@ -255,13 +262,13 @@ def run_in_process(
     quality = None
     if not skip_quality:
         rows = list(test)[: plan.quality_rows] if plan.quality_rows else list(test)
-        quality = measure_quality(fp32, int8, [e.text for e in rows], [e.label for e in rows])
+        quality = measure_quality(
+            models["fp32"], models["int8"], [e.text for e in rows], [e.label for e in rows]
+        )
         log(
             f"macro-F1 fp32 {quality.macro_f1_fp32:.4f}, INT8 {quality.macro_f1_int8:.4f} "
             f"({quality.rows} sentences)"
         )
-    del fp32, int8, models
-    gc.collect()
     return InProcess(ceilings, quality, expected)
 
 
@@ -423,6 +430,7 @@ def bench_variant(
 
 def run_paired(
     model_dir: Path,
+    models: dict[str, Any],
     inputs: Sequence[InputSet],
     variants: Sequence[str],
     plan: Plan,
@@ -431,15 +439,10 @@ def run_paired(
 ) -> None:
     """Every server up at once; per round and input length: each ceiling, then each server at c=32."""
     from inference_server.bench.inprocess import rate_at
-    from inference_server.runtime.model import load_model
-    from inference_server.runtime.quantization import int8_backend_from_env, int8_variant
-    from inference_server.settings import ServerSettings
 
     servers = [v for v in ("naive", "fp32", "int8") if v in variants]
     if plan.paired_rounds <= 0 or not servers:
         return
-    fp32 = load_model(model_dir, max_tokens=ServerSettings.model_fields["max_tokens"].default)
-    models = {"fp32": fp32, "int8": int8_variant(fp32, backend=int8_backend_from_env())}
     log(f"paired rounds at c={PAIRED_CONCURRENCY}: {plan.paired_rounds} per length, {', '.join(servers)}")
     with contextlib.ExitStack() as stack:
         urls = {v: stack.enter_context(_server(v, model_dir, workdir)).base_url + "/infer" for v in servers}
@@ -642,12 +645,13 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
         notes=notes,
     )
     log("in-process: raw forward-pass ceiling, bare latency, fp32/INT8 macro-F1")
-    inproc = run_in_process(model_dir, short, long, test, plan, args.skip_quality)
+    models = load_models(model_dir)
+    inproc = run_in_process(models, short, long, test, plan, args.skip_quality)
     res.ceilings, res.quality = inproc.ceilings, inproc.quality
     try:
         for variant in variants:
             bench_variant(variant, model_dir, (short, long), inproc.expected, plan, workdir, res)
-        run_paired(model_dir, (short, long), variants, plan, workdir, res)
+        run_paired(model_dir, models, (short, long), variants, plan, workdir, res)
     except Exception as exc:
         log(f"FAILED: {exc}")
         return EXIT_FAILED

@@ -28,7 +28,6 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "count_tokens",
-    "default_forward_workers",
     "encode_ids",
     "forward_ids",
     "labels_from_config",
@@ -127,11 +126,6 @@ def thread_setter(m: LoadedModel) -> Callable[[int], None]:
     import torch
 
     return torch.set_num_threads
-
-
-def default_forward_workers(threads: int) -> int:
-    """Slices of a batch side by side when FORWARD_WORKERS is 0: one single-threaded slice per thread."""
-    return max(1, threads)
 
 
 def count_tokens(m: LoadedModel, texts: Sequence[str]) -> list[int]:

@@ -342,11 +342,9 @@ class OrtClassifier:
     its next ``logits`` call runs on. Sessions are safe to run from several threads at once.
     """
 
-    def __init__(self, session: Any, *, path: Path, size_bytes: int, data: bytes | None = None) -> None:
-        self.session = session  # the one with the thread count it was opened with
+    def __init__(self, session: Any, *, path: Path, data: bytes) -> None:
         self.path = path
-        self.size_bytes = size_bytes
-        self._data = data  # to open sessions for other thread counts; None: only this one
+        self._data = data  # the model file: sessions for other thread counts are opened from it
         self._threads = int(session.get_session_options().intra_op_num_threads)
         self._sessions: dict[int, Any] = {self._threads: session}
         self._open_lock = threading.Lock()
@@ -356,13 +354,17 @@ class OrtClassifier:
         if missing:
             raise OnnxInt8Error(f"{path}: unexpected model inputs {sorted(missing)}")
 
+    @property
+    def size_bytes(self) -> int:
+        return len(self._data)
+
     def set_threads(self, threads: int) -> None:
         """Run this thread's next passes on a session with ``threads`` intra-op threads."""
-        if threads not in self._sessions and self._data is not None:
+        if threads not in self._sessions:
             with self._open_lock:
                 if threads not in self._sessions:
                     self._sessions[threads] = _new_session(self._data, threads)
-        self._local.threads = threads if threads in self._sessions else self._threads
+        self._local.threads = threads
 
     def logits(
         self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
@@ -396,7 +398,7 @@ def _new_session(data: bytes, threads: int) -> Any:
 
 
 def open_session(data: bytes, *, path: Path, threads: int) -> OrtClassifier:
-    return OrtClassifier(_new_session(data, threads), path=path, size_bytes=len(data), data=data)
+    return OrtClassifier(_new_session(data, threads), path=path, data=data)
 
 
 def load_int8_session(

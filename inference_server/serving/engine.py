@@ -22,7 +22,6 @@ from inference_server.observability.metrics import ServerMetrics
 from inference_server.runtime.calibration import CalibrationParams
 from inference_server.runtime.model import (
     LoadedModel,
-    default_forward_workers,
     encode_ids,
     forward_ids,
     thread_setter,
@@ -99,7 +98,7 @@ class InferenceEngine:
             max_batch_tokens=max_batch_tokens,
             wait_ms=batch_wait_ms,
             on_batch=lambda n, _tokens, seconds: metrics.observe_batch(n, seconds),
-            workers=workers or default_forward_workers(threads),
+            workers=workers or threads,  # 0: one single-threaded slice per thread
             threads=threads,
             set_threads=thread_setter(model),
         )
