@@ -52,13 +52,16 @@ def not_ready_error(state: ServerState) -> ApiError:
     )
 
 
-async def ready_engine(ctx: Ctx) -> InferenceEngine:
+def engine_of(state: ServerState) -> InferenceEngine:
     """The engine, once warmed. While draining it still serves: a request already accepted finishes (the
     batcher itself refuses work, with 503 ``draining``, only once the lifespan has stopped it)."""
-    state = ctx.state
     if state.engine is None or state.phase not in (Phase.READY, Phase.DRAINING):
         raise not_ready_error(state)
     return state.engine
+
+
+async def ready_engine(ctx: Ctx) -> InferenceEngine:
+    return engine_of(ctx.state)
 
 
 def release_ticket(request: Request) -> None:

@@ -1,4 +1,8 @@
-"""POST /infer and POST /infer/batch (the latter only when ENABLE_BATCH)."""
+"""POST /infer and POST /infer/batch (the latter only when ENABLE_BATCH).
+
+Both are `FastPathRoute`s (api/fastpath.py): documented like any FastAPI route, served without
+FastAPI's per-request dependency injection, because they are the hot path.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from inference_server.api.deps import Engine, release_ticket
+from inference_server.api.fastpath import FastPathRoute
 from inference_server.api.middleware import request_start
 from inference_server.api.responses import JSONBytesThen
 from inference_server.api.schemas import (
@@ -20,8 +25,8 @@ from inference_server.api.schemas import (
 from inference_server.contract import Path, Span
 from inference_server.serving.validation import check_batch_items
 
-router = APIRouter(tags=["inference"])
-batch_router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], route_class=FastPathRoute)
+batch_router = APIRouter(tags=["inference"], route_class=FastPathRoute)
 
 
 @router.post(
