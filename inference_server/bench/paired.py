@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PAIRED_CONCURRENCY = 32
@@ -26,6 +26,9 @@ class PairedRound:
     # req/s of each server variant at c=32, sentences/s of each ceiling (by precision); missing: not run
     server_rps: dict[str, float]
     ceiling_sps: dict[str, float]
+    # CPU milliseconds the server's event-loop thread spent per request in the round (from /proc):
+    # the share of the CPUs the forward passes do not get. Missing: not measured (older results).
+    loop_cpu_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

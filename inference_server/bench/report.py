@@ -530,6 +530,8 @@ def _paired_section(res: BenchResults) -> list[str]:
             ratio(ceiling_ratio("fp32", "fp32"), r, _percent),
             ratio(server_ratio("int8", "fp32"), r, _times),
             ratio(ceiling_ratio("int8", "int8"), r, _percent),
+            _f(r.loop_cpu_ms.get("fp32"), 2),
+            _f(r.loop_cpu_ms.get("int8"), 2),
         ]
         for r in res.paired
     ]
@@ -539,7 +541,9 @@ def _paired_section(res: BenchResults) -> list[str]:
         "This machine's speed drifts by a third within minutes, so the c=32 ratios are also measured "
         "back to back: every server stays up, and each round measures the fp32 and INT8 ceilings at "
         "their best batch size and layout (from the sweep below) and then each server for a few seconds "
-        "at c=32, on the same texts. The Targets use the median of the rounds' own ratios.",
+        "at c=32, on the same texts. The Targets use the median of the rounds' own ratios. "
+        "*loop ms/req*: CPU milliseconds the server's event-loop thread spent per request in the round "
+        "(from `/proc`), which the forward passes do not get.",
         "",
     ]
     lines += _table(
@@ -555,6 +559,8 @@ def _paired_section(res: BenchResults) -> list[str]:
             "fp32 / ceiling",
             "INT8 / fp32",
             "INT8 / its ceiling",
+            "fp32 loop ms/req",
+            "INT8 loop ms/req",
         ],
         rows,
     )

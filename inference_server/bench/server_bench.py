@@ -41,6 +41,7 @@ from inference_server.bench.report import (
     precision_of,
     render_report,
 )
+from inference_server.bench.servers import RunningServer, thread_cpu_s
 from inference_server.bench.stats import summarise
 from inference_server.contract import METRIC_BATCH_SIZE, METRIC_FORWARD_LATENCY, Env
 from inference_server.ml.common import add_data_dir_argument
@@ -445,10 +446,10 @@ def run_paired(
         return
     log(f"paired rounds at c={PAIRED_CONCURRENCY}: {plan.paired_rounds} per length, {', '.join(servers)}")
     with contextlib.ExitStack() as stack:
-        urls = {v: stack.enter_context(_server(v, model_dir, workdir)).base_url + "/infer" for v in servers}
+        running = {v: stack.enter_context(_server(v, model_dir, workdir)) for v in servers}
         for s in inputs:
             for k in range(plan.paired_rounds):
-                ceilings, rps = {}, {}
+                ceilings, rps, loop_ms = {}, {}, {}
                 for precision, m in models.items():
                     ceil = res.ceiling(precision, s.name)
                     if ceil is not None:
@@ -459,19 +460,22 @@ def run_paired(
                             layout=ceil.best_layout,
                             min_time_s=plan.paired_ceiling_s,
                         )
-                for v, url in urls.items():
-                    rps[v] = _paired_cell(v, url, s, k, plan, workdir)
-                res.paired.append(PairedRound(s.name, k, rps, ceilings))
+                for v, server in running.items():
+                    rps[v], loop_ms[v] = _paired_cell(v, server, s, k, plan, workdir)
+                res.paired.append(PairedRound(s.name, k, rps, ceilings, loop_ms))
                 log(
                     f"paired {s.name} round {k + 1}: "
-                    + ", ".join(f"{v} {x:.1f} req/s" for v, x in rps.items())
+                    + ", ".join(f"{v} {x:.1f} req/s ({loop_ms[v]:.2f} ms loop CPU)" for v, x in rps.items())
                     + "; ceilings "
                     + ", ".join(f"{p} {x:.1f}" for p, x in ceilings.items())
                     + f" sentences/s (load {_load()})"
                 )
 
 
-def _paired_cell(variant: str, url: str, inputs: InputSet, k: int, plan: Plan, workdir: Path) -> float:
+def _paired_cell(
+    variant: str, server: RunningServer, inputs: InputSet, k: int, plan: Plan, workdir: Path
+) -> tuple[float, float]:
+    """(req/s, event-loop CPU ms per request) of one server for one round."""
     spec = {
         "name": f"paired-{variant}-{inputs.name}-{k}",
         "mode": "closed",
@@ -480,11 +484,16 @@ def _paired_cell(variant: str, url: str, inputs: InputSet, k: int, plan: Plan, w
         "duration_s": plan.paired_duration_s,
         "warmup": PAIRED_CONCURRENCY,
     }
-    (run,) = run_loadgen(url, inputs.texts, [spec], workdir, f"{variant}-{inputs.name}-paired-{k}")
+    cpu_before = thread_cpu_s(server.pid)
+    (run,) = run_loadgen(
+        server.base_url + "/infer", inputs.texts, [spec], workdir, f"{variant}-{inputs.name}-paired-{k}"
+    )
+    loop_cpu_s = thread_cpu_s(server.pid) - cpu_before
     summary, _ = _summary_of(run)
     if summary.errors:
         raise RuntimeError(f"{summary.errors} requests failed in paired round {k + 1} of {variant}")
-    return float(summary.rps)
+    # The warm-up requests and the loadgen's /metrics scrapes count too: a slight overestimate.
+    return float(summary.rps), 1000.0 * loop_cpu_s / (len(run["records"]) + PAIRED_CONCURRENCY)
 
 
 # --- CLI -------------------------------------------------------------------------------------------

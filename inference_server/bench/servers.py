@@ -36,6 +36,14 @@ class RunningServer:
     started_s: float  # seconds from spawn to ready
 
 
+def thread_cpu_s(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) one thread of a process has used; the main thread by default, which
+    is the event loop in uvicorn. Linux only: ``/proc/<pid>/task/<tid>/stat``."""
+    stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))

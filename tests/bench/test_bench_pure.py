@@ -242,7 +242,8 @@ def test_paired_rounds_judge_the_c32_lines_by_the_median_of_each_rounds_own_rati
                    f1=(0.84, 0.835))
     for k, (fp32, int8, ceiling) in enumerate([(100, 175, 120), (90, 160, 125), (110, 190, 130)]):
         res.paired.append(PairedRound("short", k, {"naive": 30.0, "fp32": fp32, "int8": int8},
-                                      {"fp32": ceiling, "int8": 2 * ceiling}))
+                                      {"fp32": ceiling, "int8": 2 * ceiling},
+                                      {"fp32": 0.41, "int8": 0.37 + k}))
     verdicts = {t.name: t for t in evaluate_targets(res)}
     int8 = verdicts["INT8 vs fp32 server, c=32, short"]
     assert int8.passed is True  # rounds: 1.75×, 1.78×, 1.73× → median 1.75×
@@ -258,4 +259,44 @@ def test_paired_rounds_judge_the_c32_lines_by_the_median_of_each_rounds_own_rati
     # The rounds survive the JSON round trip and render as their own section.
     again = BenchResults.from_dict(json.loads(json.dumps(res.to_dict())))
     assert again.paired == res.paired
-    assert "## Paired rounds at c=32" in render_report(again, concurrencies=(1, 8, 32, 64))
+    text = render_report(again, concurrencies=(1, 8, 32, 64))
+    assert "## Paired rounds at c=32" in text
+    row = "| short | 3 | 30.0 | 110.0 | 190.0 | 130.0 | 260.0 | 3.67× | 85% | 1.73× | 73% | 0.41 | 2.37 |"
+    assert row in text
+    # Results written before the event-loop column existed still load (and show "–").
+    older = res.to_dict()
+    for r in older["paired"]:
+        del r["loop_cpu_ms"]
+    assert "| 0.41 |" not in render_report(BenchResults.from_dict(older), concurrencies=(1, 8, 32, 64))
+
+
+def test_thread_cpu_is_read_per_thread_from_proc() -> None:
+    """The paired rounds charge the event loop's CPU to it alone: a busy thread's CPU shows on its own
+    /proc entry, not on the main thread's."""
+    import os
+    import threading
+    import time
+
+    from inference_server.bench.servers import thread_cpu_s
+
+    tid: list[int] = []
+    done = threading.Event()
+
+    def burn() -> None:
+        tid.append(threading.get_native_id())
+        start = time.thread_time()
+        while time.thread_time() - start < 0.3:  # CPU time, not wall time: a busy machine only delays it
+            pass
+        done.set()
+        time.sleep(0.5)
+
+    main_before = thread_cpu_s(os.getpid())
+    worker = threading.Thread(target=burn)
+    worker.start()
+    while not tid:
+        time.sleep(0.001)
+    done.wait()
+    burned = thread_cpu_s(os.getpid(), tid[0])
+    worker.join()
+    assert burned >= 0.25  # clock ticks are 10 ms
+    assert thread_cpu_s(os.getpid()) - main_before < 0.2  # the main thread mostly slept
