@@ -71,6 +71,10 @@ def test_quick_run_writes_a_complete_report(tiny_model_dir: Path, tmp_path: Path
     assert {(c["precision"], c["length"]) for c in raw["ceilings"]} == {
         (p, n) for p in ("fp32", "int8") for n in ("short", "long")}
     assert raw["quality"]["rows"] > 0
+    # The paired round ran every server and charged each event loop its CPU per request.
+    (paired,) = [r for r in raw["paired"] if r["length"] == "short"]
+    assert set(paired["server_rps"]) == set(paired["loop_cpu_ms"]) == {"naive", "fp32", "int8"}
+    assert all(ms > 0 for ms in paired["loop_cpu_ms"].values()), paired
     # The INT8 ceiling and (d) ran the backend the server serves by default.
     assert raw["meta"]["int8_backend"] == "onnxruntime"
     assert "INT8 (ONNX Runtime" in text
