@@ -59,9 +59,6 @@ class TrainConfig:
     # work and changed test macro-F1 by nothing measurable in a one-epoch run (0.817 vs 0.816): it
     # helps two epochs fit the 15-minute build budget on 2 cores.
     freeze_word_embeddings: bool = True
-    # The bottom N encoder layers (and the embeddings) stay as pre-trained: backpropagation stops above
-    # them, so a step costs about a third less with N=2 of 6 (measured in docs/model-selection.md).
-    freeze_layers: int = 0
     # Batches of similar length pad less: about half the tokens of random batches on this corpus.
     length_grouped: bool = True
 
@@ -230,21 +227,6 @@ def _collate(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
     return input_ids, mask
 
 
-def freeze(model: Any, config: TrainConfig) -> None:
-    """Fix the weights the config keeps as pre-trained (requires_grad off: no gradient, no update)."""
-    if config.freeze_word_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-    if config.freeze_layers <= 0:
-        return
-    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
-    if layers is None:  # BERT's layout; other encoders name their layers differently
-        raise MLInputError(f"--freeze-layers: {type(model.base_model).__name__} has no encoder.layer list")
-    if config.freeze_layers >= len(layers):
-        raise MLInputError(f"--freeze-layers {config.freeze_layers}: the encoder has {len(layers)} layers")
-    for module in (model.base_model.embeddings, *layers[: config.freeze_layers]):
-        module.requires_grad_(False)
-
-
 def fine_tune(
     encoder: Encoder, train: Sequence[Example], config: TrainConfig, output: Path, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -270,10 +252,10 @@ def fine_tune(
     label_id = {lab: i for i, lab in enumerate(LABELS)}
     ids = _tokenize(tokenizer, [e.text for e in train], config.max_length)
     targets = [label_id[e.label] for e in train]
-    freeze(model, config)
+    if config.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    # fused: one kernel per step instead of a dozen passes over the 11M weights (about 50 ms a step less).
-    optimiser = torch.optim.AdamW(param_groups(trainable, config), lr=config.learning_rate, fused=True)
+    optimiser = torch.optim.AdamW(param_groups(trainable, config), lr=config.learning_rate)
     steps_per_epoch = math.ceil(len(ids) / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(total * config.warmup_ratio)
@@ -430,12 +412,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.freeze_word_embeddings,
         help="keep the word-embedding matrix fixed (half of the parameters; saves optimiser work)",
     )
-    parser.add_argument(
-        "--freeze-layers",
-        type=int,
-        default=d.freeze_layers,
-        help="keep the embeddings and the bottom N encoder layers as pre-trained (faster steps)",
-    )
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     parser.add_argument("--max-length", type=int, default=d.max_length)
@@ -454,7 +430,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         learning_rate=args.learning_rate,
         head_learning_rate=args.head_learning_rate,
         freeze_word_embeddings=args.freeze_word_embeddings,
-        freeze_layers=args.freeze_layers,
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio,
         max_length=args.max_length,
@@ -465,8 +440,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def validate_config(config: TrainConfig) -> str | None:
     if config.epochs < 1 or config.batch_size < 1 or config.max_length < 4:
         return "--epochs and --batch-size must be at least 1, --max-length at least 4"
-    if config.freeze_layers < 0:
-        return "--freeze-layers must be at least 0"
     if not (0 < config.learning_rate < 1) or not (0 <= config.warmup_ratio < 1):
         return "--learning-rate must be in (0, 1) and --warmup-ratio in [0, 1)"
     if config.head_learning_rate is not None and not (0 < config.head_learning_rate < 1):

@@ -67,28 +67,6 @@ def test_train_refuses_a_non_empty_output_and_bad_settings(
     assert _train(tmp_path / "k", tiny_model_dir, tiny_data_root, "missing") == 2
 
 
-def test_frozen_layers_keep_their_pre_trained_weights(
-    tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from safetensors.torch import load_file
-
-    out = tmp_path / "frozen"
-    assert _train(out, tiny_model_dir, tiny_data_root, tiny_dataset, "--freeze-layers", "1") == 0
-    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
-    frozen = [k for k in before if k.startswith(("bert.embeddings.", "bert.encoder.layer.0."))]
-    trained = [k for k in before if k.startswith("bert.encoder.layer.1.")]
-    assert frozen and trained
-    assert all(before[k].equal(after[k]) for k in frozen)
-    assert all(not before[k].equal(after[k]) for k in trained if k.endswith(".weight"))
-    assert json.loads((out / "training_config.json").read_text())["config"]["freeze_layers"] == 1
-    # All the layers (the tiny encoder has two) or a negative count: one line naming the option, exit 2.
-    assert _train(tmp_path / "all", tiny_model_dir, tiny_data_root, tiny_dataset, "--freeze-layers", "2") == 2
-    assert "--freeze-layers 2: the encoder has 2 layers" in capsys.readouterr().err
-    assert _train(tmp_path / "ng", tiny_model_dir, tiny_data_root, tiny_dataset, "--freeze-layers", "-1") == 2
-    assert "--freeze-layers must be at least 0" in capsys.readouterr().err
-
-
 def test_batches_are_seeded_and_length_grouped() -> None:
     lengths = [i % 37 for i in range(500)]
     a = train.batch_order(500, 10, seed=1, epoch=0, lengths=lengths)
