@@ -492,7 +492,7 @@ def _paired_cell(
     summary, _ = _summary_of(run)
     if summary.errors:
         raise RuntimeError(f"{summary.errors} requests failed in paired round {k + 1} of {variant}")
-    # The warm-up requests and the loadgen's /metrics scrapes count too: a slight overestimate.
+    # Per request including the warm-up's; the loadgen's two /metrics scrapes are charged too (slightly high).
     return float(summary.rps), 1000.0 * loop_cpu_s / (len(run["records"]) + PAIRED_CONCURRENCY)
 
 
