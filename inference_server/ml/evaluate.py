@@ -6,7 +6,8 @@ read::
     {"schema_version": 1, "kind": "evaluation", "created_at": "...Z",
      "model": {"version", "path", "sha256", "quantized", "calibrated", "temperature"},
      "dataset": {"name", "split", "sha256" (of the split file), "dataset_sha256", "rows"},
-     "labels": [...], "rows", "macro_f1", "accuracy", "ece", "ece_bins", "nll",
+     "labels": [...], "rows", "macro_f1", "macro_f1_ci95" ([low, high]: 95% bootstrap interval over the
+     rows), "accuracy", "ece", "ece_bins", "nll",
      "per_class": {label: {"precision", "recall", "f1", "support"}},
      "confusion_matrix": [[...]]  (rows: true label, columns: predicted, in `labels` order),
      "latency_ms": {"batch_size", "count", "p50", "p95", "mean", "max"}  (per batch),
@@ -259,8 +260,10 @@ def run(args: argparse.Namespace) -> int:
     if args.job_result:
         args.job_result.parent.mkdir(parents=True, exist_ok=True)
         args.job_result.write_text(job_result(doc).to_json() + "\n")
+    low, high = doc["macro_f1_ci95"]
     print(
-        f"{ref.name}/{ref.split}: macro_f1={doc['macro_f1']:.4f} accuracy={doc['accuracy']:.4f} "
+        f"{ref.name}/{ref.split}: macro_f1={doc['macro_f1']:.4f} (95% interval {low:.4f}-{high:.4f}) "
+        f"accuracy={doc['accuracy']:.4f} "
         f"ece={doc['ece']:.4f} nll={doc['nll']:.4f} p50={doc['latency_ms']['p50']:.1f}ms/batch",
         file=sys.stderr,
     )

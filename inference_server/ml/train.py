@@ -169,6 +169,7 @@ def model_card(
         for label, s in metrics["per_class"].items()
     )
     src = datasets_info["source"]
+    low, high = metrics["macro_f1_ci95"]
     return f"""# Sentiment model `{version}`
 
 Binary sentiment classifier (labels: {", ".join(metrics["labels"])}) fine-tuned from
@@ -183,7 +184,8 @@ Binary sentiment classifier (labels: {", ".join(metrics["labels"])}) fine-tuned 
 - English film-review snippets: expect lower accuracy on other domains (tweets, product reviews).
 
 ## Metrics (test split, uncalibrated)
-- macro-F1 **{metrics["macro_f1"]:.4f}**, accuracy {metrics["accuracy"]:.4f}, ECE {metrics["ece"]:.4f},
+- macro-F1 **{metrics["macro_f1"]:.4f}** (95% bootstrap interval {low:.4f}–{high:.4f} over the test rows),
+  accuracy {metrics["accuracy"]:.4f}, ECE {metrics["ece"]:.4f},
   NLL {metrics["nll"]:.4f}; validation macro-F1 {validation["macro_f1"]:.4f}.
 
 | label | precision | recall | F1 | support |

@@ -69,3 +69,33 @@ def test_latency_summary_and_bad_shapes() -> None:
         M.confusion_matrix([0, 2], [0, 1], 2)
     with pytest.raises(ValueError):
         M.classification_metrics(np.ones((3, 2)) / 2, [0, 1], ["a", "b"])
+
+
+@pytest.mark.parametrize(("seed", "classes"), [(0, 2), (1, 3)])
+def test_macro_f1_interval_is_the_percentile_bootstrap_of_macro_f1(seed: int, classes: int) -> None:
+    """The vectorised interval equals the plain loop: resample rows, score each resample, take percentiles."""
+    logits, y = _random_case(seed, n=300, c=classes)
+    pred = logits.argmax(axis=1)
+    rows = np.random.default_rng(7).integers(0, y.size, size=(200, y.size))
+    scores = [M.macro_f1(y[r], pred[r], classes) for r in rows]
+    expected = tuple(np.percentile(scores, [2.5, 97.5]))
+    assert M.macro_f1_interval(y, pred, classes, resamples=200, seed=7) == pytest.approx(expected)
+
+
+def test_macro_f1_interval_brackets_the_figure_and_narrows_with_more_rows() -> None:
+    rng = np.random.default_rng(3)
+
+    def case(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, size=n)
+        return y, np.where(rng.random(n) < 0.83, y, 1 - y)  # 83% right
+
+    y, pred = case(400)
+    low, high = M.macro_f1_interval(y, pred, 2)
+    assert low < M.macro_f1(y, pred, 2) < high
+    assert M.macro_f1_interval(y, pred, 2) == (low, high)  # seeded
+    big_y, big_pred = case(4000)
+    big_low, big_high = M.macro_f1_interval(big_y, big_pred, 2)
+    assert big_high - big_low < (high - low) / 2  # ten times the rows: about a third of the width
+    assert M.macro_f1_interval([1], [0], 2) == (0.0, 0.0)  # one row: nothing to resample
+    doc = M.classification_metrics(np.eye(2)[pred], y, ["a", "b"])
+    assert doc["macro_f1_ci95"] == [low, high]
