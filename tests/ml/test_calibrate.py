@@ -86,3 +86,21 @@ def test_cli_on_a_one_class_split_fails_clearly(tmp_path: Path, tiny_model_dir: 
                 "--output", str(out)) == 2
     assert "degenerate" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_calibrating_on_an_evaluations_logits_equals_calibrating_from_the_texts(
+    tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str
+) -> None:
+    """`make model` fits on the logits its evaluation already computed: same temperature, same report."""
+    from inference_server.ml.evaluate import evaluate, load_dataset_split
+    from inference_server.runtime.model import load_model
+
+    m = load_model(tiny_model_dir)
+    fit_on = load_dataset_split(tiny_data_root, tiny_dataset, "validation")
+    held = load_dataset_split(tiny_data_root, tiny_dataset, "test")
+    direct = calibrate.calibrate_model(m, *fit_on, held_out=held, progress=False)
+    reused = calibrate.calibrate_evaluations(
+        m, evaluate(m, *fit_on, progress=False), held_out=evaluate(m, *held, progress=False)
+    )
+    assert reused == direct
+    assert reused[1]["held_out"]["dataset"]["split"] == "test"
