@@ -144,8 +144,8 @@ def metrics_document(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A metrics.json document with what it was computed from, for a caller that needs the logits
-    too (`make model` fits its calibration on the ones its evaluation already paid for)."""
+    """A metrics.json document (``doc``) with what it was computed from: `make model` fits its
+    calibration on the logits its evaluation already paid for."""
 
     doc: dict[str, Any]
     logits: npt.NDArray[np.float32]
@@ -178,20 +178,6 @@ def evaluate(
         temperature=calibration.temperature if calibration else None,
     )
     return Evaluation(doc, logits, y, dataset)
-
-
-def evaluate_model(
-    m: LoadedModel,
-    examples: Sequence[Example],
-    dataset: DatasetRef,
-    *,
-    calibration: CalibrationParams | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The metrics.json document of ``m`` on ``examples``."""
-    done = evaluate(m, examples, dataset, calibration=calibration, batch_size=batch_size, progress=progress)
-    return done.doc
 
 
 def load_metrics(path: Path) -> dict[str, Any]:
@@ -269,14 +255,14 @@ def run(args: argparse.Namespace) -> int:
             quantized=args.quantized,
             expected_sha256=args.model_sha256,
         )
-        doc = evaluate_model(
+        doc = evaluate(
             m,
             examples,
             ref,
             calibration=calibration,
             batch_size=args.batch_size,
             progress=not args.no_progress,
-        )
+        ).doc
     except (MLInputError, CalibrationError, ArtifactError, ModelLoadError) as e:
         return cli_error("evaluate", str(e))
     if args.output:
