@@ -39,6 +39,7 @@ class Ceiling:
     # server's layout under load, serving/batching.py); empty with a single thread.
     sliced_sentences_per_s: dict[int, float] = field(default_factory=dict)
     best_layout: str = "one pass"
+    slices: int = 2  # how many slices the sliced layout cut each batch into (older results: 2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +101,7 @@ def measure_ceiling(
         rates[bs] = _throughput(run, ids, bs, min_time_s)
         _log(f"ceiling {precision} {length}: batch {bs:>3} → {rates[bs]:7.1f} sentences/s")
     sliced = _sliced_rates(m, ids, batch_sizes, min_time_s, precision=precision, length=length)
+    workers = slice_workers()
     singles = []
     for i in range(single_samples):
         t0 = time.perf_counter()
@@ -110,7 +112,7 @@ def measure_ceiling(
     if sliced:
         bs = max(sliced, key=sliced.__getitem__)
         if sliced[bs] > best_rate:
-            best, best_rate, layout = bs, sliced[bs], f"{SLICE_WORKERS} slices side by side"
+            best, best_rate, layout = bs, sliced[bs], f"{workers} slices side by side"
     return Ceiling(
         precision,
         length,
@@ -121,21 +123,24 @@ def measure_ceiling(
         percentile(singles, 95),
         sliced,
         layout,
+        workers,
     )
 
 
-SLICE_WORKERS = 2  # the server's default on this project's 2-core machines (one pass per thread)
+def slice_workers() -> int:
+    """The server's default FORWARD_WORKERS (serving/engine.py): one single-threaded slice per thread."""
+    return _threads_now()
 
 
 @contextlib.contextmanager
 def _sliced(m: LoadedModel) -> Iterator[Callable[[list[list[int]]], Any]]:
-    """A runner that cuts each batch into slices run side by side, each slice on its worker's share of
-    the threads, exactly as the server runs a batch under load."""
-    share = max(1, _threads_now() // SLICE_WORKERS)
-    with ThreadPoolExecutor(SLICE_WORKERS, initializer=thread_setter(m), initargs=(share,)) as pool:
+    """A runner that cuts each batch into slices run side by side, one per thread, each slice on its
+    worker's single thread, exactly as the server runs a batch under load by default."""
+    workers = slice_workers()
+    with ThreadPoolExecutor(workers, initializer=thread_setter(m), initargs=(1,)) as pool:
 
         def run(batch: list[list[int]]) -> Any:
-            slices = split_batch(len(batch), SLICE_WORKERS, min_slice=MIN_SLICE)
+            slices = split_batch(len(batch), workers, min_slice=MIN_SLICE)
             futures = [pool.submit(forward_ids, m, batch[s.start : s.stop]) for s in slices]
             return [f.result() for f in futures]
 
@@ -153,12 +158,12 @@ def _sliced_rates(
 ) -> dict[int, float]:
     """Sentences/s by batch size with the sliced layout (batches too small to slice are skipped: the
     server runs those as one pass); empty with fewer threads than slices."""
-    if _threads_now() < SLICE_WORKERS:
+    if slice_workers() < 2:
         return {}
     rates: dict[int, float] = {}
     with _sliced(m) as run:
         for bs in batch_sizes:
-            if bs < SLICE_WORKERS * MIN_SLICE:
+            if bs < 2 * MIN_SLICE:
                 continue
             rates[bs] = _throughput(run, ids, bs, min_time_s)
             _log(f"ceiling {precision} {length}: batch {bs:>3} as slices → {rates[bs]:7.1f} sentences/s")

@@ -571,7 +571,8 @@ def _ceiling_section(res: BenchResults) -> list[str]:
     sizes = sorted({bs for c in res.ceilings for bs in c.sentences_per_s})
     rows = []
     for c in res.ceilings:
-        layouts = (("one pass", c.sentences_per_s), ("2 slices side by side", c.sliced_sentences_per_s))
+        sliced = f"{c.slices} slices side by side"
+        layouts = (("one pass", c.sentences_per_s), (sliced, c.sliced_sentences_per_s))
         for layout, rates in layouts:
             if not rates:
                 continue
@@ -591,9 +592,9 @@ def _ceiling_section(res: BenchResults) -> list[str]:
         "",
         "In-process `forward_ids` (the server's own forward call) on the same texts, pre-tokenised, "
         "consecutive batches padded to their longest text; sentences/s by batch size. *One pass*: each "
-        "batch is one forward call on all the threads. *2 slices side by side*: each batch is cut into "
-        "two length-ordered halves that run at once on two threads, each with its share of torch's "
-        "threads — how the server runs a batch under load (`serving/batching.py`, `FORWARD_WORKERS`). "
+        "batch is one forward call on all the threads. *N slices side by side*: each batch is cut into "
+        "length-ordered slices that run at once, one per thread, each on a single torch thread — how the "
+        "server runs a batch under load by default (`serving/batching.py`, `FORWARD_WORKERS`). "
         "The ceiling is the best of both.",
         "",
     ]
