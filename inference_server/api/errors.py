@@ -28,6 +28,11 @@ _STATUS_CODES = {
 }
 
 
+# FastAPI's answer when reading a body fails other than by a JSON syntax error (its routing catches any
+# exception there); for the client it is malformed JSON like any other, so it gets the same 422.
+BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 class ApiError(Exception):
     def __init__(
         self,
@@ -88,6 +93,14 @@ async def _draining(_: Request, exc: Exception) -> Response:
 
 async def _http(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+        return error_response(
+            422,
+            "invalid_request",
+            "body: body is not valid JSON (nested too deeply, or a number too long to read)",
+            field="body",
+            details=[{"field": "body", "message": "body is not valid JSON", "type": "json_invalid"}],
+        )
     code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     detail = exc.detail if isinstance(exc.detail, str) else code
     return error_response(exc.status_code, code, detail, headers=exc.headers)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 
 from fastapi import APIRouter, Request
@@ -14,7 +13,7 @@ from inference_server.api.middleware import request_start
 from inference_server.api.responses import JSONBytes
 from inference_server.api.schemas import ExplainRequest, ExplainResponse, error_responses
 from inference_server.contract import Path, Span
-from inference_server.runtime.saliency import explain as saliency
+from inference_server.runtime.saliency import advance, explain_passes
 
 router = APIRouter(tags=["explain"])
 
@@ -45,16 +44,13 @@ async def explain(
     prepared = engine.prepare(body.text, body.request_id, endpoint=Path.EXPLAIN)
     with engine.tracer.start_as_current_span(Span.INFERENCE_FORWARD) as span:
         span.set_attribute("saliency.method", body.method)
-        result = await engine.batcher.run_exclusive(
-            functools.partial(
-                saliency,
-                fp32,
-                prepared.text,
-                method=body.method,
-                target_label=body.target_label,
-                steps=body.steps,
-            )
+        passes = explain_passes(
+            fp32, prepared.text, method=body.method, target_label=body.target_label, steps=body.steps
         )
+        # One bounded pass per turn on the forward worker: inference batches run between the passes.
+        while (result := await engine.batcher.run_exclusive(advance, passes)) is None:
+            pass
+        span.set_attribute("saliency.steps", body.steps if body.method == "integrated_gradients" else 1)
     latency_ms = (time.perf_counter() - start) * 1000.0
     with engine.tracer.start_as_current_span(Span.RESPONSE_SERIALIZE):
         return JSONBytes(

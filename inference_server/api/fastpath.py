@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from inference_server.api.deps import engine_of
+from inference_server.api.errors import BODY_PARSE_ERROR
 from inference_server.serving.engine import InferenceEngine
 
 M = TypeVar("M", bound=BaseModel)
@@ -57,8 +58,10 @@ def parse_body(model: type[M], raw: bytes) -> M:
     except json.JSONDecodeError as e:
         error = {"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error", "input": {}}
         raise RequestValidationError([{**error, "ctx": {"error": e.msg}}]) from None
-    except ValueError:  # bytes json cannot even decode (the guard turns non-UTF-8 away before this)
-        raise HTTPException(400, "There was an error parsing the body") from None
+    except (ValueError, RecursionError):  # e.g. nesting deeper than Python's recursion limit, or an
+        # integer longer than int() accepts: FastAPI catches any such error with this 400, which the
+        # app's handler answers as a 422 naming the body (api/errors.py)
+        raise HTTPException(400, BODY_PARSE_ERROR) from None
     try:
         return model.model_validate(data, from_attributes=True)  # as FastAPI validates a body
     except ValidationError as e:

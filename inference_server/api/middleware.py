@@ -24,7 +24,6 @@ def endpoint_label(path: str) -> str:
     return path if path in KNOWN_ENDPOINTS else OTHER_ENDPOINT
 
 
-
 # Where the middleware records when a request arrived, so handlers report latency_ms from that origin.
 REQUEST_START_KEY = "sr.start"
 

@@ -147,6 +147,26 @@ def test_malformed_or_invalid_json_is_422_naming_the_field(api: TestClient, body
     assert err["field"] == field or any(d["field"] == field for d in err["details"])
 
 
+DEEP = 5000  # deeper than Python's recursion limit: json.loads raises RecursionError, not a syntax error
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (c.Path.INFER, b'{"text": "a", "request_id": ' + b"[" * DEEP + b"]" * DEEP + b"}"),
+        (c.Path.INFER_BATCH, b'{"items": ' + b"[" * DEEP + b"]" * DEEP + b"}"),
+        (c.Path.FEEDBACK, b'{"request_id": "r", "label": ' + b"[" * DEEP + b"]" * DEEP + b"}"),
+        (c.Path.EXPLAIN, b'{"text": ' + b"[" * DEEP + b"]" * DEEP + b"}"),
+        (c.Path.INFER, b'{"text": "a", "request_id": ' + b"9" * 5000 + b"}"),  # over int()'s digit limit
+    ],
+)
+def test_bodies_json_cannot_read_are_422_on_every_endpoint(api: TestClient, path: str, body: bytes) -> None:
+    """Never a 500 (an error rate the rollout gate would count against the model) nor FastAPI's 400."""
+    r = api.post(path, content=body, headers=JSON)
+    assert r.status_code == 422, r.text
+    assert error_of(r)["code"] == "invalid_request" and error_of(r)["field"] == "body"
+
+
 def test_batch_schema_error_names_the_item(api: TestClient) -> None:
     r = api.post(c.Path.INFER_BATCH, json={"items": [{"text": "a"}, {"text": 3}]})
     assert r.status_code == 422

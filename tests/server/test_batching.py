@@ -295,3 +295,37 @@ async def test_a_failing_slice_fails_its_batch_only_after_every_slice_has_finish
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
     assert all(isinstance(r, RuntimeError) for r in results)
     await batcher.stop()
+
+
+async def test_a_batch_waiting_on_an_exclusive_pass_runs_before_the_next_one() -> None:
+    """/explain advances its passes one run_exclusive call at a time (runtime/saliency.py): a request
+    that arrives during one pass is answered before the next pass, not after the whole explanation."""
+    order: list[str] = []
+    model = FakeModel()
+
+    def forward(batch: list[list[int]]) -> np.ndarray:
+        order.append("batch")
+        return model(batch)
+
+    entered, gate = threading.Event(), threading.Event()
+
+    def first_pass() -> None:
+        entered.set()
+        assert gate.wait(30), "gate never opened"
+        order.append("pass 1")
+
+    batcher = MicroBatcher(forward, wait_ms=0)
+    batcher.start()
+
+    async def explanation() -> None:
+        await batcher.run_exclusive(first_pass)
+        await batcher.run_exclusive(lambda: order.append("pass 2"))
+
+    explaining = asyncio.create_task(explanation())
+    await _until(entered)
+    request = asyncio.create_task(batcher.submit([1, 2]))
+    await asyncio.sleep(0.05)  # the request is queued behind the pass in progress
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(explaining, request), 30)
+    assert order == ["pass 1", "batch", "pass 2"]
+    await batcher.stop()

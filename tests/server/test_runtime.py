@@ -10,7 +10,13 @@ import pytest
 
 from inference_server.runtime.model import LoadedModel, encode_ids, forward_ids, load_model, predict_logits
 from inference_server.runtime.quantization import quantize_dynamic_int8
-from inference_server.runtime.saliency import _integrated_gradients, explain
+from inference_server.runtime.saliency import (
+    _ig_passes,
+    _integrated_gradients,
+    advance,
+    explain,
+    explain_passes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +58,47 @@ def test_integrated_gradients_are_complete(tiny: LoadedModel) -> None:
     mask = torch.ones_like(ids)
     with torch.no_grad():
         emb = tiny.model.get_input_embeddings()(ids)
-    scores, at_input, at_base = _integrated_gradients(tiny.model, emb, mask, target=1, steps=256)
+    passes = _integrated_gradients(tiny.model, emb, mask, target=1, steps=256, tokens_per_pass=64)
+    try:
+        while True:
+            next(passes)
+    except StopIteration as done:
+        scores, at_input, at_base = done.value
     assert float(scores.sum()) == pytest.approx(at_input - at_base, rel=1e-2)
+
+
+def test_ig_passes_cover_the_path_once_within_the_token_budget() -> None:
+    assert _ig_passes(20, tokens=254, tokens_per_pass=1024) == [
+        list(range(i, min(i + 4, 21))) for i in range(0, 21, 4)
+    ]
+    assert _ig_passes(3, tokens=5000, tokens_per_pass=1024) == [[0], [1], [2], [3]]  # ≥ 1 point a pass
+    assert _ig_passes(20, tokens=6, tokens_per_pass=1024) == [list(range(21))]
+
+
+def test_integrated_gradients_do_not_depend_on_how_the_path_is_cut(tiny: LoadedModel) -> None:
+    """One pass per point, a few points a pass, or the whole path at once: the same scores."""
+    text = "the film was great but far too long"
+    n = len(encode_ids(tiny, [text])[0])
+    runs = [
+        explain(tiny, text, method="integrated_gradients", steps=12, tokens_per_pass=budget)
+        for budget in (n, 5 * n, 100 * n)
+    ]
+    for other in runs[1:]:
+        assert other.tokens == runs[0].tokens and other.label == runs[0].label
+        np.testing.assert_allclose(other.scores, runs[0].scores, rtol=1e-4, atol=1e-6)
+        assert other.target_logit == pytest.approx(runs[0].target_logit, abs=1e-5)
+        assert other.baseline_logit == pytest.approx(runs[0].baseline_logit, abs=1e-5)
+
+
+def test_explain_passes_yield_once_per_bounded_pass(tiny: LoadedModel) -> None:
+    text = "the film was great"
+    n = len(encode_ids(tiny, [text])[0])
+    passes = explain_passes(tiny, text, method="integrated_gradients", steps=9, tokens_per_pass=2 * n)
+    count = 1
+    while (result := advance(passes)) is None:
+        count += 1
+    assert count == 1 + 5 + 1  # the prediction, 10 points two at a time, then the result
+    assert result == explain(tiny, text, method="integrated_gradients", steps=9, tokens_per_pass=2 * n)
 
 
 def test_explain_contract(tiny: LoadedModel) -> None:
