@@ -16,13 +16,13 @@ from inference_server.api import explain, feedback, health, inference, metrics
 from inference_server.api.deps import AppContext
 from inference_server.api.errors import install_error_handlers
 from inference_server.api.middleware import RequestMetrics
-from inference_server.contract import Path
+from inference_server.contract import Env, Path
 from inference_server.feedback.recent import RecentPredictions
-from inference_server.feedback.store import FeedbackStore
+from inference_server.feedback.store import FeedbackStore, FeedbackStoreError
 from inference_server.observability.metrics import ServerMetrics
 from inference_server.observability.tracing import build_tracer_provider, shutdown_provider, tracer_from
 from inference_server.serving.batching import Ticket
-from inference_server.serving.lifecycle import ServerState, bring_up, drain
+from inference_server.serving.lifecycle import ServerState, bring_up, drain, fail
 from inference_server.serving.limits import PathPolicy, RequestGuard
 from inference_server.serving.ratelimit import RateLimiter
 from inference_server.settings import ServerSettings
@@ -98,35 +98,36 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        ctx.store = await asyncio.to_thread(
-            FeedbackStore,
-            settings.feedback_db_path,
-            retention=timedelta(days=settings.feedback_retention_days),
-        )
+        try:
+            ctx.store = await asyncio.to_thread(
+                FeedbackStore,
+                settings.feedback_db_path,
+                retention=timedelta(days=settings.feedback_retention_days),
+            )
+        except FeedbackStoreError as exc:  # FAILED like a bad model: the variable named, no traceback
+            fail(state, FeedbackStoreError(f"{Env.FEEDBACK_DB_PATH}: {exc}"), on_fatal)
         ctx.background = [
-            asyncio.create_task(
-                bring_up(
-                    settings,
-                    state,
-                    metrics=server_metrics,
-                    tracer=ctx.tracer,
-                    recent=ctx.recent,
-                    on_fatal=on_fatal,
-                ),
-                name="bring-up",
-            ),
-            asyncio.create_task(_purge_periodically(ctx, PURGE_INTERVAL_S), name="feedback-purge"),
+            asyncio.create_task(_purge_periodically(ctx, PURGE_INTERVAL_S), name="feedback-purge")
         ]
+        if ctx.store is not None:
+            bringing_up = bring_up(
+                settings,
+                state,
+                metrics=server_metrics,
+                tracer=ctx.tracer,
+                recent=ctx.recent,
+                on_fatal=on_fatal,
+            )
+            ctx.background.append(asyncio.create_task(bringing_up, name="bring-up"))
         try:
             yield
         finally:
-            loading, purger = ctx.background
-            purger.cancel()
-            if not loading.done():
-                loading.cancel()
-            await asyncio.gather(loading, purger, return_exceptions=True)
+            for task in ctx.background:
+                task.cancel()  # a no-op for a bring-up that has finished
+            await asyncio.gather(*ctx.background, return_exceptions=True)
             await drain(state, server_metrics, timeout_s=settings.shutdown_grace_seconds)
-            ctx.store.close()
+            if ctx.store is not None:
+                ctx.store.close()
             if owns_provider:
                 shutdown_provider(provider)
 

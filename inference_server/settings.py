@@ -129,6 +129,16 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"{value} exists and is not a directory")
         return value
 
+    @field_validator("feedback_db_path")
+    @classmethod
+    def _db_path_usable(cls, value: Path) -> Path:
+        if value.is_dir():
+            raise ValueError(f"{value} is a directory (expected the path of the SQLite file)")
+        ancestor = next(p for p in value.parents if p.exists())  # the store creates what is missing
+        if not ancestor.is_dir():
+            raise ValueError(f"{ancestor} is not a directory, so {value} cannot be created")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

@@ -41,7 +41,7 @@ async def explain(
             f"target_label {body.target_label!r} is not one of {list(engine.labels)}",
             field="target_label",
         )
-    prepared = engine.prepare(body.text, body.request_id, endpoint=Path.EXPLAIN)
+    prepared = await engine.prepare(body.text, body.request_id, endpoint=Path.EXPLAIN)
     with engine.tracer.start_as_current_span(Span.INFERENCE_FORWARD) as span:
         span.set_attribute("saliency.method", body.method)
         passes = explain_passes(

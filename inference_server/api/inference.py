@@ -42,7 +42,7 @@ async def infer(
 ) -> Response:
     start = request_start(request)
     try:
-        prepared = engine.prepare(body.text, body.request_id, endpoint=Path.INFER)
+        prepared = await engine.prepare(body.text, body.request_id, endpoint=Path.INFER)
     finally:
         release_ticket(request)
     answer = await engine.classify(prepared)
@@ -70,7 +70,9 @@ async def infer_batch(
     try:
         check_batch_items(len(body.items), limit)
         prepared = [
-            engine.prepare(item.text, item.request_id, endpoint=Path.INFER_BATCH, field=f"items[{i}].text")
+            await engine.prepare(
+                item.text, item.request_id, endpoint=Path.INFER_BATCH, field=f"items[{i}].text"
+            )
             for i, item in enumerate(body.items)
         ]
     finally:

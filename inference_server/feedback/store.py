@@ -44,19 +44,25 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class FeedbackStoreError(Exception):
+    """The database cannot be opened or created where it was asked for."""
+
+
 class FeedbackStore:
     """Thread-safe (one connection, one lock): the server calls it from worker threads."""
 
     def __init__(self, path: Path | str, *, retention: timedelta = timedelta(days=30)) -> None:
         self.path = Path(path)
         self.retention = retention
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise FeedbackStoreError(f"cannot open the feedback database {path}: {exc}") from exc
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:

@@ -61,6 +61,22 @@ class LoadedModel:
             raise KeyError(f"unknown label {label!r}; this model has {list(self.labels)}") from None
 
 
+def token_limit(requested: int, tokenizer: Any, config: Any) -> int:
+    """MAX_TOKENS, lowered to what the model can take: the tokenizer's ``model_max_length`` (which
+    transformers sets to ~1e30 when unknown) and the position embeddings. RoBERTa-style models number
+    positions from ``pad_token_id + 1``, so two of their 514 positions are never a token's."""
+    limit = requested
+    from_tokenizer = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    if 0 < from_tokenizer < 1_000_000:
+        limit = min(limit, from_tokenizer)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        if "roberta" in str(getattr(config, "model_type", "")):
+            positions -= int(getattr(config, "pad_token_id", 0) or 0) + 1
+        limit = min(limit, positions)
+    return limit
+
+
 def labels_from_config(config: Any) -> tuple[str, ...]:
     """Labels in logit order, from the config's id2label (any number of classes)."""
     id2label = getattr(config, "id2label", None) or {}
@@ -99,8 +115,7 @@ def load_model(
         raise ModelLoadError(f"cannot load a sequence-classification model from {root}: {exc}") from exc
     model.eval()
     labels = labels_from_config(model.config)
-    limit = int(getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
-    max_tokens = min(max_tokens, limit) if limit < 1_000_000 else max_tokens
+    max_tokens = token_limit(max_tokens, tokenizer, model.config)
     loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -13,10 +13,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from inference_server.contract import Span
+from inference_server.contract import Env, Span
 from inference_server.feedback.recent import RecentPredictions
+from inference_server.feedback.store import FeedbackStoreError
 from inference_server.observability.metrics import ServerMetrics
 from inference_server.runtime.artifact import ArtifactError
 from inference_server.runtime.calibration import CalibrationError, CalibrationParams
@@ -76,20 +78,28 @@ def load_everything(settings: ServerSettings) -> Loaded:
         served = int8_variant(
             fp32, backend=settings.int8_backend, threads=threads, cache_dir=settings.onnx_cache_dir
         )
-    calibration = (
-        CalibrationParams.load(settings.calibration_params_path) if settings.calibration_params_path else None
-    )
+    calibration = _calibration(settings.calibration_params_path)
     return Loaded(served, fp32, calibration, threads)
+
+
+def _calibration(path: Path | None) -> CalibrationParams | None:
+    if path is None:
+        return None
+    try:
+        return CalibrationParams.load(path)
+    except CalibrationError as exc:
+        raise CalibrationError(f"{Env.CALIBRATION_PARAMS_PATH}={path}: {exc}") from exc
 
 
 _FAILURE_CODES: dict[type[BaseException], str] = {
     ArtifactError: "artifact_mismatch",
     ModelLoadError: "model_load_failed",
     CalibrationError: "calibration_invalid",
+    FeedbackStoreError: "feedback_store_unavailable",
 }
 
 
-def _fail(state: ServerState, exc: BaseException, on_fatal: Callable[[str], None] | None) -> None:
+def fail(state: ServerState, exc: BaseException, on_fatal: Callable[[str], None] | None) -> None:
     code = _FAILURE_CODES.get(type(exc), "model_load_failed")
     message = str(exc) or type(exc).__name__
     state.phase, state.error_code, state.error = Phase.FAILED, code, message
@@ -150,7 +160,7 @@ async def bring_up(
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # whatever went wrong, this model must not be served
-        _fail(state, exc, on_fatal)
+        fail(state, exc, on_fatal)
         return
     metrics.set_model_info(quantized=loaded.served.quantized, calibrated=engine.calibrated)
     metrics.set_ready(True)

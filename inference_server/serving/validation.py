@@ -50,8 +50,9 @@ def normalise_text(text: str, *, field: str = "text") -> str:
 
 
 def precheck_length(text: str, max_tokens: int, *, field: str = "text") -> None:
-    """Reject (413) a text that cannot fit before tokenizing it, so a huge body never ties up the event
-    loop: every whitespace-separated word is at least one token, so more than twice MAX_TOKENS words is
+    """Reject (413) a text that cannot fit before tokenizing it, so a huge body of words never ties up
+    the event loop (one without spaces is tokenized on a thread: serving/engine.offloads_encoding):
+    every whitespace-separated word is at least one token, so more than twice MAX_TOKENS words is
     certainly too long (the factor leaves room for tokenizers that drop characters). Words need a
     separator between them, so a text of at most 4·MAX_TOKENS characters cannot hold that many: the
     split (which copies every word) is skipped for all ordinary texts."""

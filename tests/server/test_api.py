@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import unicodedata
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +15,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server import contract as c
+from inference_server.app import create_app
 from inference_server.observability.logging import INFERENCE_LOGGER, JsonFormatter
+from inference_server.serving import engine as engine_module
+from inference_server.serving.lifecycle import Phase
 
-from .conftest import Spans
+from .conftest import Spans, settings_for, wait_phase
 
 JSON = {"content-type": "application/json"}
 
@@ -190,6 +195,29 @@ def test_text_over_max_tokens_is_413_counted_in_tokens(api: TestClient) -> None:
     assert err["code"] == "too_many_tokens" and str(max_tokens + 1) in err["message"]
     # Characters are not tokens: a long word the tokenizer maps to one token is fine.
     assert api.post(c.Path.INFER, json={"text": "x" * 2000}).status_code == 200
+
+
+def test_texts_the_word_precheck_cannot_see_are_tokenized_off_the_event_loop(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body of punctuation has no spaces for the pre-check to count; tokenizing 100k of it takes
+    ~0.2 s, which must not stall every other request on the event loop."""
+    on_loop: list[bool] = []
+
+    def encode_ids(m: Any, texts: Any) -> list[list[int]]:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(m, texts)
+
+    real = engine_module.encode_ids
+    monkeypatch.setattr(engine_module, "encode_ids", encode_ids)
+    r = api.post(c.Path.INFER, json={"text": "!" * 100_000})
+    assert r.status_code == 413 and error_of(r)["code"] == "too_many_tokens"
+    assert api.post(c.Path.INFER, json={"text": "a great film"}).status_code == 200
+    assert on_loop == [False, True]  # the huge text on a thread, the ordinary one inline
 
 
 def test_batch_item_errors_name_the_item(api: TestClient) -> None:
@@ -382,3 +410,26 @@ async def test_log_lines_follow_the_response_and_survive_a_failed_send() -> None
     with pytest.raises(OSError):
         await JSONBytesThen({"ok": 1}, after_send=log)({"type": "http"}, receive, gone)
     assert events == ["logged"]
+
+
+# --- any number of classes ----------------------------------------------------------------------
+def test_a_three_class_model_is_served_with_its_own_labels(tmp_path: Path) -> None:
+    """Labels come from the model's config: nothing in the server assumes negative/positive."""
+    from inference_server.tiny_model import build_tiny_model
+
+    labels = ("negative", "neutral", "positive")
+    model_dir = build_tiny_model(tmp_path / "three", labels=labels, train_steps=30)
+    app = create_app(settings_for(model_dir, tmp_path))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert wait_phase(app) is Phase.READY, app.state.ctx.state.error
+        one = client.post(c.Path.INFER, json={"text": "a great film", "request_id": "three-1"}).json()
+        assert set(one["scores"]) == set(labels) and one["label"] in labels
+        assert sum(one["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        batch = client.post(c.Path.INFER_BATCH, json={"items": [{"text": "awful"}, {"text": "fine"}]}).json()
+        assert all(set(r["scores"]) == set(labels) for r in batch["results"])
+        outcome = "correct" if one["label"] == "neutral" else "incorrect"
+        r = client.post(c.Path.FEEDBACK, json={"request_id": "three-1", "label": "neutral"})
+        assert r.status_code == 200 and r.json()["outcome"] == outcome
+        assert _metric_value(client, c.METRIC_FEEDBACK_SERIES, label="neutral", outcome=outcome) == 1
+        explained = client.post(c.Path.EXPLAIN, json={"text": "a great film", "target_label": "neutral"})
+        assert explained.status_code == 200 and explained.json()["label"] == "neutral"

@@ -24,6 +24,11 @@ from inference_server.feedback.store import FeedbackStore
         ("thanks @jane_doe!", "thanks [HANDLE]!"),
         ("room 12, 3 nights", "room ##, # nights"),
         ("no personal data here", "no personal data here"),
+        ("see evil.com/track?u=jane or bit.ly/AbCdEf", "see [URL] or [URL]"),
+        ("bought it on Amazon.com, meh", "bought it on [URL], meh"),
+        ("write to root@localhost", "write to [EMAIL]"),
+        ("ｔｈａｎｋｓ ＠jane, call ０１２３", "thanks [HANDLE], call ####"),  # full-width look-alikes
+        ("the end.The film was fine", "the end.The film was fine"),  # a missing space is not a domain
     ],
 )
 def test_anonymise_masks_personal_data(text: str, expected: str) -> None:

@@ -105,7 +105,26 @@ def test_invalid_calibration_file_refuses_to_serve(make_settings: MakeSettings, 
     app = create_app(make_settings(CALIBRATION_PARAMS_PATH=str(params)))
     with TestClient(app) as client:
         assert wait_phase(app) is Phase.FAILED
-        assert client.get(c.Path.READYZ).json()["error"]["code"] == "calibration_invalid"
+        error = client.get(c.Path.READYZ).json()["error"]
+        assert error["code"] == "calibration_invalid"
+        assert f"CALIBRATION_PARAMS_PATH={params}" in error["message"]
+
+
+def test_a_feedback_database_that_cannot_be_opened_refuses_to_serve(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    db = tmp_path / "fb.sqlite3"
+    db.write_bytes(b"not a database, but a file someone left here" * 100)
+    refused: list[str] = []
+    app = create_app(make_settings(FEEDBACK_DB_PATH=str(db)), on_fatal=refused.append)
+    with TestClient(app) as client:
+        assert wait_phase(app) is Phase.FAILED
+        error = client.get(c.Path.READYZ).json()["error"]
+        assert error["code"] == "feedback_store_unavailable"
+        assert error["message"].startswith("FEEDBACK_DB_PATH: cannot open the feedback database")
+        assert client.post(c.Path.INFER, json={"text": "great"}).status_code == 503
+    assert refused == [error["message"]]
+    assert db.read_bytes().startswith(b"not a database")  # left as it was
 
 
 def test_rate_limits_per_endpoint_with_batch_separate(make_settings: MakeSettings) -> None:

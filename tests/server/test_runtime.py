@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from inference_server.runtime.model import LoadedModel, encode_ids, forward_ids, load_model, predict_logits
+from inference_server.runtime.model import (
+    LoadedModel,
+    encode_ids,
+    forward_ids,
+    load_model,
+    predict_logits,
+    token_limit,
+)
 from inference_server.runtime.quantization import quantize_dynamic_int8
 from inference_server.runtime.saliency import (
     _ig_passes,
@@ -112,3 +122,41 @@ def test_explain_contract(tiny: LoadedModel) -> None:
         explain(tiny, "x", target_label="neutral")
     with pytest.raises(ValueError, match="fp32"):
         explain(dataclasses.replace(tiny, quantized=True), "x")
+
+
+@pytest.mark.parametrize(
+    ("requested", "model_max_length", "config", "expected"),
+    [
+        (256, 512, {"max_position_embeddings": 512, "model_type": "bert"}, 256),
+        (
+            256,
+            int(1e30),
+            {"max_position_embeddings": 128, "model_type": "bert"},
+            128,
+        ),  # tokenizer says nothing
+        (1024, 512, {"max_position_embeddings": 512, "model_type": "bert"}, 512),
+        (1024, int(1e30), {"max_position_embeddings": 514, "model_type": "roberta", "pad_token_id": 1}, 512),
+        (300, int(1e30), {}, 300),  # neither knows a limit
+    ],
+)
+def test_max_tokens_never_exceeds_what_the_model_can_take(
+    requested: int, model_max_length: int, config: dict[str, object], expected: int
+) -> None:
+    tokenizer = types.SimpleNamespace(model_max_length=model_max_length)
+    assert token_limit(requested, tokenizer, types.SimpleNamespace(**config)) == expected
+
+
+def test_a_model_whose_tokenizer_states_no_limit_serves_within_its_positions(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Without the cap, a MAX_TOKENS-long text overruns the position embeddings inside the forward pass."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config.pop("model_max_length", None)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    m = load_model(model_dir, version="t", max_tokens=4096)
+    positions = m.model.config.max_position_embeddings
+    assert m.max_tokens == positions
+    ids = encode_ids(m, [" ".join(["great"] * (positions - 2))])
+    assert len(ids[0]) == m.max_tokens and forward_ids(m, ids).shape == (1, 2)

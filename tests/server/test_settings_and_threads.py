@@ -38,6 +38,17 @@ def test_invalid_configuration_names_the_variable(tmp_path: Path, env: dict[str,
     assert named in str(info.value)
 
 
+def test_feedback_db_path_must_be_a_file_that_can_be_created(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("")
+    for bad in (tmp_path, tmp_path / "plain-file" / "fb.sqlite3"):
+        with pytest.raises(ConfigError, match="FEEDBACK_DB_PATH"):
+            load_settings({"MODEL_PATH": str(tmp_path), "FEEDBACK_DB_PATH": str(bad)})
+    fine = tmp_path / "new" / "dirs" / "fb.sqlite3"  # missing directories are created by the store
+    assert (
+        load_settings({"MODEL_PATH": str(tmp_path), "FEEDBACK_DB_PATH": str(fine)}).feedback_db_path == fine
+    )
+
+
 def test_model_path_must_be_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="MODEL_PATH"):
         load_settings({"MODEL_PATH": str(tmp_path / "missing")})
