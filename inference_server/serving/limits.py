@@ -58,6 +58,10 @@ async def _send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+class ClientGone(Exception):
+    """The client disconnected before it had sent the whole body."""
+
+
 class RequestGuard:
     def __init__(self, app: ASGIApp, *, policies: dict[str, PathPolicy]) -> None:
         self.app = app
@@ -114,7 +118,14 @@ class RequestGuard:
                 return
         ticket = policy.on_start() if policy.on_start is not None else None
         try:
-            body = await self._read_body(receive, policy.max_body_bytes)
+            try:
+                body = await self._read_body(receive, policy.max_body_bytes)
+            except ClientGone:
+                # Nobody is left to answer, and a partial body must not reach the model. The status is
+                # only for the metrics: nginx's 499, a client error rather than the 500 they would
+                # otherwise record (the rollout's error rate counts 5xx).
+                await _send_error(send, 499, "client_closed_request", "client disconnected mid-body")
+                return
             if body is None:
                 await _send_error(
                     send,
@@ -140,12 +151,13 @@ class RequestGuard:
 
     @staticmethod
     async def _read_body(receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None past ``limit``; ClientGone when the client left before sending it."""
         chunks: list[bytes] = []
         total = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b"".join(chunks)
+                raise ClientGone
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > limit:

@@ -1,4 +1,5 @@
-"""Input normalisation and limits (pure): property-based where the rule is a property."""
+"""Input normalisation and limits (pure, property-based where the rule is a property), and the guard's
+body reader."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import unicodedata
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.types import Message, Receive, Scope, Send
 
+from inference_server import contract as c
+from inference_server.api.middleware import RequestMetrics
+from inference_server.serving.limits import PathPolicy, RequestGuard
+from inference_server.serving.ratelimit import RateLimiter
 from inference_server.serving.validation import (
     InputProblem,
     check_batch_items,
@@ -89,3 +95,44 @@ def test_precheck_length_shortcut_keeps_the_word_rule(n_words: int, sep: str) ->
             precheck_length(text, 10)
     else:
         precheck_length(text, 10)
+
+
+async def test_a_client_that_leaves_mid_body_reaches_no_endpoint_and_is_no_server_error() -> None:
+    """The guard's body reader sees the disconnect: the partial body is dropped (it could even parse as
+    JSON), and the request is recorded as nginx's 499, not as the 500 a response never sent defaults to."""
+    reached: list[bytes] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append((await receive())["body"])
+
+    observed: list[tuple[str, int]] = []
+    policy = PathPolicy(limiter=RateLimiter(0), max_body_bytes=1024)
+    app = RequestMetrics(
+        RequestGuard(endpoint, policies={c.Path.INFER: policy}),
+        observe=lambda path, status, _s: observed.append((path, status)),
+        in_flight=lambda _n: None,
+    )
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"text": "great"}', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> Message:
+        return next(messages)
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": c.Path.INFER,
+        "headers": [(b"content-type", b"application/json")],
+    }
+    await app(scope, receive, send)
+    assert reached == []
+    assert observed == [(c.Path.INFER, 499)]
