@@ -72,6 +72,10 @@ LABEL_ENDPOINT: Final = "endpoint"
 LABEL_STATUS_CODE: Final = "status_code"
 LABEL_LABEL: Final = "label"
 LABEL_OUTCOME: Final = "outcome"  # FeedbackOutcome
+# The label the model predicted, beside the true `label`: with more than two classes an "incorrect"
+# alone does not say which class gained a false positive, so per-class precision and online macro-F1
+# need both (outcome is kept: error rates need no comparison of labels in PromQL).
+LABEL_PREDICTED: Final = "predicted"
 
 # Counters are declared without the `_total` suffix (prometheus_client appends it); the
 # *_SERIES names are what appears in the exposition format and in PromQL.
@@ -100,7 +104,7 @@ METRIC_LABELS: Final[dict[str, tuple[str, ...]]] = {
     METRIC_PREDICTIONS: (LABEL_MODEL_VERSION, LABEL_LABEL),
     METRIC_CONFIDENCE: (LABEL_MODEL_VERSION,),
     METRIC_INPUT_TOKENS: (LABEL_MODEL_VERSION, LABEL_ENDPOINT),
-    METRIC_FEEDBACK: (LABEL_MODEL_VERSION, LABEL_LABEL, LABEL_OUTCOME),
+    METRIC_FEEDBACK: (LABEL_MODEL_VERSION, LABEL_LABEL, LABEL_PREDICTED, LABEL_OUTCOME),
     METRIC_MODEL_INFO: (LABEL_MODEL_VERSION, "quantized", "calibrated"),
     METRIC_READY: (LABEL_MODEL_VERSION,),
 }

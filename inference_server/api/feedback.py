@@ -45,7 +45,7 @@ async def feedback(
             field="request_id",
         )
     outcome = judge(prediction.label, body.label)
-    ctx.metrics.observe_feedback(body.label, outcome)
+    ctx.metrics.observe_feedback(body.label, prediction.label, outcome)
     stored = False
     if outcome is FeedbackOutcome.INCORRECT and ctx.store is not None:
         await asyncio.to_thread(

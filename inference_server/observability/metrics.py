@@ -72,7 +72,10 @@ class ServerMetrics:
             registry=reg,
         )
         self.feedback = Counter(
-            c.METRIC_FEEDBACK, "Feedback outcomes by true label", labels[c.METRIC_FEEDBACK], registry=reg
+            c.METRIC_FEEDBACK,
+            "Feedback outcomes by true and predicted label",
+            labels[c.METRIC_FEEDBACK],
+            registry=reg,
         )
         self.model_info = Gauge(
             c.METRIC_MODEL_INFO, "The served model (value 1)", labels[c.METRIC_MODEL_INFO], registry=reg
@@ -121,8 +124,8 @@ class ServerMetrics:
             child = self._tokens[endpoint] = self.input_tokens.labels(self.model_version, endpoint)
         child.observe(n_tokens)
 
-    def observe_feedback(self, label: str, outcome: c.FeedbackOutcome) -> None:
-        self.feedback.labels(self.model_version, label, str(outcome)).inc()
+    def observe_feedback(self, label: str, predicted: str, outcome: c.FeedbackOutcome) -> None:
+        self.feedback.labels(self.model_version, label, predicted, str(outcome)).inc()
 
     def set_model_info(self, *, quantized: bool, calibrated: bool) -> None:
         self.model_info.labels(self.model_version, str(quantized).lower(), str(calibrated).lower()).set(1)

@@ -262,7 +262,9 @@ def test_feedback_judges_outcomes_and_counts_them(api: TestClient) -> None:
     text = "great film, mail me at jo@example.com or call +44 20 7946 0958, @jo 2024"
     predicted = api.post(c.Path.INFER, json={"text": text, "request_id": "fb-wrong"}).json()["label"]
     wrong_label = "negative" if predicted == "positive" else "positive"
-    before = _metric_value(api, c.METRIC_FEEDBACK_SERIES, label=wrong_label, outcome="incorrect")
+    before = _metric_value(
+        api, c.METRIC_FEEDBACK_SERIES, label=wrong_label, predicted=predicted, outcome="incorrect"
+    )
     ok = api.post(c.Path.FEEDBACK, json={"request_id": "fb-ok", "label": right})
     assert ok.status_code == 200 and ok.json()["outcome"] == "correct" and ok.json()["stored"] is False
     wrong = api.post(c.Path.FEEDBACK, json={"request_id": "fb-wrong", "label": wrong_label})
@@ -273,8 +275,11 @@ def test_feedback_judges_outcomes_and_counts_them(api: TestClient) -> None:
         "label": wrong_label,
         "stored": True,
     }
-    assert _metric_value(api, c.METRIC_FEEDBACK_SERIES, label=wrong_label, outcome="incorrect") == before + 1
-    assert _metric_value(api, c.METRIC_FEEDBACK_SERIES, label=right, outcome="correct") >= 1
+    after = _metric_value(
+        api, c.METRIC_FEEDBACK_SERIES, label=wrong_label, predicted=predicted, outcome="incorrect"
+    )
+    assert after == before + 1
+    assert _metric_value(api, c.METRIC_FEEDBACK_SERIES, label=right, predicted=right, outcome="correct") >= 1
     stored = [s for s in api.app.state.ctx.store.samples() if s.request_id == "fb-wrong"]  # type: ignore[attr-defined]
     assert len(stored) == 1
     assert stored[0].text == "great film, mail me at [EMAIL] or call [PHONE], [HANDLE] ####"
@@ -430,6 +435,8 @@ def test_a_three_class_model_is_served_with_its_own_labels(tmp_path: Path) -> No
         outcome = "correct" if one["label"] == "neutral" else "incorrect"
         r = client.post(c.Path.FEEDBACK, json={"request_id": "three-1", "label": "neutral"})
         assert r.status_code == 200 and r.json()["outcome"] == outcome
-        assert _metric_value(client, c.METRIC_FEEDBACK_SERIES, label="neutral", outcome=outcome) == 1
+        # The predicted label is on the series: which class the miss went to (its false positive).
+        labels = {"label": "neutral", "predicted": one["label"], "outcome": outcome}
+        assert _metric_value(client, c.METRIC_FEEDBACK_SERIES, **labels) == 1
         explained = client.post(c.Path.EXPLAIN, json={"text": "a great film", "target_label": "neutral"})
         assert explained.status_code == 200 and explained.json()["label"] == "neutral"
