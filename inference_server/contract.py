@@ -41,7 +41,8 @@ class Env(StrEnum):
     ENABLE_QUANTIZED_MODEL = "enable_quantized_model"
     ENABLE_EXPLAINABILITY = "enable_explainability"
     OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
-    # Reprocess as an Indexed Job: Kubernetes sets the index; the operator sets the shard count.
+    # Reprocess as an Indexed Job: Kubernetes sets the index; the pod template (the operator's, when it
+    # creates the Job) must set the count: an index without it is refused.
     JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
     JOB_COMPLETIONS = "JOB_COMPLETIONS"
     # Server tuning (SentimentModel spec.inference → env; defaults in inference_server/settings.py).

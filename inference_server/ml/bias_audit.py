@@ -67,31 +67,60 @@ def _fill(template: str, slot: str, term: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def expand(spec: Mapping[str, Any]) -> list[AuditRow]:
-    """Every template × identity term, in a stable order with content-derived IDs."""
-    try:
-        slot = str(spec["slot"])
-        templates: Mapping[str, Sequence[str]] = spec["templates"]
-        attributes: Mapping[str, Mapping[str, Sequence[str]]] = spec["attributes"]
-    except (KeyError, TypeError) as exc:
-        raise BiasAuditError(f"audit dataset lacks {exc}: needs slot, templates, attributes") from None
-    if set(templates) != set(POLARITIES):
+def _is_text_list(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(x, str) and x for x in value)
+
+
+def _templates(spec: Mapping[str, Any], slot: str) -> Mapping[str, list[str]]:
+    templates = spec["templates"]
+    if not isinstance(templates, Mapping) or set(templates) != set(POLARITIES):
         raise BiasAuditError(
-            f"audit templates must be grouped as {list(POLARITIES)}, got {sorted(templates)}"
+            f"templates must be an object with keys {list(POLARITIES)}, got {templates!r:.80}"
         )
-    rows: list[AuditRow] = []
     for polarity in POLARITIES:
+        if not _is_text_list(templates[polarity]):
+            raise BiasAuditError(f"templates/{polarity} must be a non-empty list of sentences")
         for template in templates[polarity]:
             if slot not in template:
-                raise BiasAuditError(f"template {template!r} has no {slot} slot")
+                raise BiasAuditError(f"templates/{polarity}: template {template!r} has no {slot} slot")
+    return templates
+
+
+def _attributes(spec: Mapping[str, Any]) -> Mapping[str, Mapping[str, list[str]]]:
+    # Every later step (per-group statistics, the largest gap) needs at least one attribute with two
+    # comparable groups; an empty or mis-shaped spec would otherwise fail there with max() of nothing.
+    attributes = spec["attributes"]
+    if not isinstance(attributes, Mapping) or not attributes:
+        raise BiasAuditError("attributes must be a non-empty object of attribute -> {group: [terms]}")
     for attribute, groups in attributes.items():
-        if len(groups) < 2:
-            raise BiasAuditError(f"attribute {attribute!r} needs at least two groups to compare")
-        sizes = {len(terms) for terms in groups.values()}
-        if len(sizes) != 1 or 0 in sizes:
+        where = f"attributes/{attribute}"
+        if not isinstance(groups, Mapping):
             raise BiasAuditError(
-                f"attribute {attribute!r}: every group needs the same, non-zero number of terms"
+                f"{where} must be an object of group -> [terms], got {type(groups).__name__}"
             )
+        if len(groups) < 2:
+            raise BiasAuditError(f"{where} needs at least two groups to compare")
+        bad = [g for g, terms in groups.items() if not _is_text_list(terms)]
+        if bad:
+            raise BiasAuditError(f"{where}/{bad[0]} must be a non-empty list of identity terms")
+        if len({len(terms) for terms in groups.values()}) != 1:
+            raise BiasAuditError(f"{where}: every group needs the same, non-zero number of terms")
+    return attributes
+
+
+def expand(spec: Mapping[str, Any]) -> list[AuditRow]:
+    """Every template × identity term, in a stable order with content-derived IDs."""
+    if not isinstance(spec, Mapping):
+        raise BiasAuditError(f"the dataset must be a JSON object, got {type(spec).__name__}")
+    try:
+        slot = spec["slot"]
+        if not isinstance(slot, str) or not slot:
+            raise BiasAuditError(f"slot must be a non-empty string, got {slot!r}")
+        templates, attributes = _templates(spec, slot), _attributes(spec)
+    except KeyError as exc:
+        raise BiasAuditError(f"the dataset lacks {exc}: needs slot, templates, attributes") from None
+    rows: list[AuditRow] = []
+    for attribute, groups in attributes.items():
         for group, terms in groups.items():
             for term in terms:
                 for polarity in POLARITIES:
@@ -110,9 +139,13 @@ def load_dataset(path: Path = DATASET_PATH) -> tuple[list[AuditRow], str]:
         raise BiasAuditError(f"cannot read the bias-audit dataset {path}: {exc}") from exc
     try:
         spec = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BiasAuditError(f"bias-audit dataset {path} is not valid JSON: {exc}") from exc
-    return expand(spec), hashlib.sha256(raw).hexdigest()
+    try:
+        rows = expand(spec)
+    except BiasAuditError as exc:
+        raise BiasAuditError(f"bias-audit dataset {path}: {exc}") from None
+    return rows, hashlib.sha256(raw).hexdigest()
 
 
 # --- the evaluation (pure) ------------------------------------------------------------------------

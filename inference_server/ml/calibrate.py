@@ -24,7 +24,11 @@ from inference_server.ml.common import (
     EXIT_OK,
     MLInputError,
     add_data_dir_argument,
+    add_model_arguments,
+    check_output_file,
     cli_error,
+    model_path_of,
+    model_version_of,
     write_json_atomic,
 )
 from inference_server.ml.datasets import Example, default_data_root
@@ -181,7 +185,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
 
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="model directory (MODEL_PATH)")
+    # MODEL_PATH / MODEL_VERSION defaults as in the other commands; no --calibration: this fits one.
+    add_model_arguments(parser, calibration=False)
     add_data_dir_argument(parser)
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="validation", help="split to fit on (default: %(default)s)")
@@ -206,11 +211,14 @@ def run(args: argparse.Namespace) -> int:
 
     root = args.data_dir or default_data_root()
     try:
+        model_path = model_path_of(args)
+        check_output_file(args.output, "--output")
+        check_output_file(args.report, "--report")
         fit_examples, fit_ref = load_dataset_split(root, args.dataset, args.split)
         held = None
         if args.held_out_split.lower() != "none":
             held = load_dataset_split(root, args.dataset, args.held_out_split)
-        m = load_model(args.model, version=args.model.resolve().name)
+        m = load_model(model_path, version=model_version_of(args))
         params, report = calibrate_model(m, fit_examples, fit_ref, held, progress=not args.no_progress)
     except (MLInputError, ArtifactError, ModelLoadError) as e:
         return cli_error("calibrate", str(e))

@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from inference_server.ml.common import cli_error
+
 # subcommand -> (module under inference_server.ml, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("datasets", "build the baseline datasets (JSONL splits + manifest)"),
@@ -49,6 +51,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sentiment-ml: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # Last line of defence for a file the command did not validate (an output path that is a
+        # directory, a full disk, a permission): the environment is at fault, not the code, so it is
+        # a one-line input error. Anything else (KeyError, TypeError, …) is a bug and keeps its
+        # traceback; commands validate their inputs instead of relying on a catch-all here.
+        return cli_error(args.command, _os_error_text(exc))
+
+
+def _os_error_text(exc: OSError) -> str:
+    if exc.filename is None:
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

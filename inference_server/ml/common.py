@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,10 +34,44 @@ def cli_error(command: str, message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+def is_unit_fraction(value: object) -> bool:
+    """A finite real number in [0, 1]. bool is excluded although it is an int (True would read as an
+    F1 of 1.0), and NaN must be excluded by hand: it compares False with everything, so a NaN score
+    slips past every `>` threshold check."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= 1
+    )
+
+
+def unit_fraction_arg(text: str) -> float:
+    """argparse `type=` for fractions such as --max-f1-drop: float() alone accepts 'nan' and 'inf'."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not is_unit_fraction(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number in [0, 1]")
+    return value
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Refuse an output path that names a directory before any work is done, rather than failing at
+    the final write with the work lost."""
+    if path is not None and path.is_dir():
+        raise MLInputError(f"{flag} {path} is a directory; give the path of a file to write")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers never see a half-written file (temp file + rename)."""
+    """Write JSON so that readers never see a half-written file (temp file + rename).
+
+    allow_nan=False: a bare NaN/Infinity is not JSON (other tools reject the file) and a NaN score has
+    already slipped through a gate once; failing here keeps one from ever being written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -44,21 +79,31 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MLInputError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise MLInputError(f"{what} {path} is a directory, not a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise MLInputError(f"{what} {path} is not UTF-8 text: {e}") from None
+    except OSError as e:
+        raise MLInputError(f"cannot read {what} {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise MLInputError(f"{what} is not valid JSON: {path}: {e}") from None
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, calibration: bool = True) -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser, *, calibration: bool = True, version_aliases: tuple[str, ...] = ()
+) -> None:
     """--model, --model-version and (optionally) --calibration, defaulting to the environment the server
-    image sets (contract.Env), so a Job in that image needs no flags for them."""
+    image sets (contract.Env), so a Job in that image needs no flags for them. ``version_aliases``
+    keeps a command's older spelling of --model-version (e.g. evaluate's --version) working."""
     parser.add_argument(
         "--model",
         type=Path,
-        default=os.environ.get(Env.MODEL_PATH),
+        default=os.environ.get(Env.MODEL_PATH) or None,
         help=f"model directory (default: ${Env.MODEL_PATH})",
     )
     parser.add_argument(
         "--model-version",
+        *version_aliases,
         default=os.environ.get(Env.MODEL_VERSION) or None,
         help=f"version recorded in outputs (default: ${Env.MODEL_VERSION}, else the model directory's name)",
     )
@@ -69,6 +114,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, calibration: bool = 
             default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None,
             help=f"calibration params JSON, confidences as served (default: ${Env.CALIBRATION_PARAMS_PATH})",
         )
+
+
+def model_path_of(args: argparse.Namespace) -> Path:
+    """--model, else $MODEL_PATH (its default); having neither is an input error, not a traceback."""
+    if args.model is None:
+        raise MLInputError(f"give --model or set {Env.MODEL_PATH}")
+    return Path(args.model)
 
 
 def model_version_of(args: argparse.Namespace) -> str:

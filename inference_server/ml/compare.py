@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -20,7 +21,10 @@ from inference_server.ml.common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
     MLInputError,
+    check_output_file,
     cli_error,
+    is_unit_fraction,
+    unit_fraction_arg,
     write_json_atomic,
 )
 
@@ -53,6 +57,34 @@ class GateDecision:
             "reasons": self.reasons,
             "checks": [asdict(c) for c in self.checks],
         }
+
+
+def metrics_problems(doc: Mapping[str, Any]) -> list[str]:
+    """What keeps a metrics document from being gated, field by field (empty when it can be).
+
+    macro_f1 must be a finite real in [0, 1]: a NaN never compares greater than the allowed drop, so
+    a NaN candidate would pass, and "0.9", true or inf are not scores. dataset and labels, when
+    present, must have the shapes the checks below read."""
+    problems = []
+    if "macro_f1" not in doc:
+        problems.append("macro_f1 is missing")
+    elif not is_unit_fraction(doc["macro_f1"]):
+        problems.append(f"macro_f1 is {doc['macro_f1']!r}, not a finite number in [0, 1]")
+    dataset = doc.get("dataset")
+    if dataset is not None and not isinstance(dataset, Mapping):
+        problems.append(f"dataset is {type(dataset).__name__}, not an object with name, split, sha256")
+    labels = doc.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        problems.append(f"labels is {labels!r}, not a list of label names")
+    return problems
+
+
+def _require_gateable(doc: Mapping[str, Any], role: str) -> None:
+    # The CLI checked its files when it read them; this guards the other caller, the registry, whose
+    # stored metrics may predate that check.
+    problems = metrics_problems(doc)
+    if problems:
+        raise MLInputError(f"{role} metrics: {'; '.join(problems)}")
 
 
 def _dataset_check(candidate: dict[str, Any], baseline: dict[str, Any]) -> Check:
@@ -121,8 +153,10 @@ def gate(
     candidate: dict[str, Any], baseline: dict[str, Any], *, max_f1_drop: float = DEFAULT_MAX_F1_DROP
 ) -> GateDecision:
     """Pure decision over two metrics documents (evaluate's metrics.json format)."""
-    if max_f1_drop < 0:
-        raise ValueError("max_f1_drop must be >= 0")
+    if not is_unit_fraction(max_f1_drop):
+        raise ValueError(f"max_f1_drop must be a finite number in [0, 1], got {max_f1_drop!r}")
+    _require_gateable(candidate, "candidate")
+    _require_gateable(baseline, "baseline")
     checks = [
         _dataset_check(candidate, baseline),
         _labels_check(candidate, baseline),
@@ -137,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="the production model's metrics.json")
     parser.add_argument(
         "--max-f1-drop",
-        type=float,
+        type=unit_fraction_arg,
         default=DEFAULT_MAX_F1_DROP,
         help="largest allowed macro-F1 drop, absolute (default: %(default)s = 2 points)",
     )
@@ -147,12 +181,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from inference_server.ml.evaluate import load_metrics
 
-    if args.max_f1_drop < 0:
-        return cli_error("compare", "--max-f1-drop must be >= 0")
     try:
+        check_output_file(args.output, "--output")
         candidate, baseline = load_metrics(args.candidate), load_metrics(args.baseline)
         decision = gate(candidate, baseline, max_f1_drop=args.max_f1_drop)
-    except (MLInputError, KeyError, TypeError, ValueError) as e:
+    except (MLInputError, ValueError) as e:
         return cli_error("compare", f"cannot compare: {e}")
     doc = {
         **decision.to_dict(),

@@ -202,6 +202,42 @@ def build_manifest(
     }
 
 
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _split_problems(split: str, info: object) -> list[str]:
+    where = f"splits/{split}"
+    if not isinstance(info, Mapping):
+        return [f"{where} is {type(info).__name__}, not an object"]
+    problems = []
+    if not _is_sha256(info.get("sha256")):
+        problems.append(f"{where}/sha256 is {info.get('sha256')!r}, not a lowercase hex sha256")
+    file = info.get("file", f"{split}.jsonl")
+    # A plain name: the manifest must not point a load outside its dataset directory.
+    if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+        problems.append(f"{where}/file is {file!r}, not a file name in the dataset directory")
+    return problems
+
+
+def manifest_problems(manifest: object) -> list[str]:
+    """What is wrong with a manifest's structure, field by field (empty when it is usable). Loads
+    index into it, so a hand-edited or truncated one must fail here with a message, not later with a
+    KeyError."""
+    if not isinstance(manifest, Mapping):
+        return [f"the manifest is {type(manifest).__name__}, not an object"]
+    problems = []
+    if not _is_sha256(manifest.get("sha256")):
+        problems.append(f"sha256 is {manifest.get('sha256')!r}, not a lowercase hex sha256")
+    splits = manifest.get("splits")
+    if not isinstance(splits, Mapping) or not splits:
+        problems.append(f"splits is {splits!r}, not an object of split name -> file, sha256")
+    else:
+        for split, info in splits.items():
+            problems += _split_problems(str(split), info)
+    return problems
+
+
 # --- sources (read package files, never import the packages) ---------------------------------------
 def _package_file(dist_name: str, relative: str) -> tuple[Path, str]:
     try:
@@ -308,9 +344,15 @@ def load_manifest(root: Path, name: str) -> dict[str, Any]:
             f"`sentiment-ml datasets --data-dir {root}`"
         )
     manifest = read_json(path, f"manifest of dataset {name!r}")
-    if not isinstance(manifest, dict) or "splits" not in manifest or "sha256" not in manifest:
-        raise DatasetError(f"{path} is not a dataset manifest (no splits/sha256)")
-    return manifest
+    problems = manifest_problems(manifest)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise DatasetError(
+            f"{path} is not a valid dataset manifest ({shown}); rebuild it with "
+            f"`sentiment-ml datasets --force --data-dir {root}` or restore the original"
+        )
+    result: dict[str, Any] = manifest
+    return result
 
 
 def _split_info(manifest: Mapping[str, Any], name: str, split: str) -> Mapping[str, Any]:
@@ -352,7 +394,11 @@ def dataset_sha256(root: Path, name: str) -> str:
         read_split_bytes(root, name, split)
     expected = combined_sha256({s: i["sha256"] for s, i in manifest["splits"].items()})
     if expected != manifest["sha256"]:
-        raise DatasetError(f"dataset {name!r}: manifest sha256 does not match its split hashes")
+        raise DatasetError(
+            f"dataset {name!r}: {root / name / MANIFEST} field sha256 is {str(manifest['sha256'])[:12]}… "
+            f"but its split hashes give {expected[:12]}…; the manifest was edited — rebuild the dataset "
+            "(`sentiment-ml datasets --force`) or restore the original"
+        )
     return str(manifest["sha256"])
 
 

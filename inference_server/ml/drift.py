@@ -42,15 +42,28 @@ from inference_server.contract import (
     JobOutcome,
     JobResult,
 )
-from inference_server.ml.common import add_data_dir_argument, add_model_arguments, model_version_of
+from inference_server.ml.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    MLInputError,
+    add_data_dir_argument,
+    add_model_arguments,
+    check_output_file,
+    cli_error,
+    model_version_of,
+)
 
 # From measurements with the default model (docs/reports/drift.md): a fresh in-domain sample scores
-# 0.038, the out-of-domain tweets 1.13. 0.15 is 4x the in-domain figure and above the 99.9% KS
+# 0.039, the out-of-domain tweets 1.208. 0.15 is ~4x the in-domain figure and above the 99.9% KS
 # critical value for 1000-vs-1000 samples (0.087), while a label-share swing of ~20 points trips it.
 DEFAULT_THRESHOLD = 0.15
 # Below ~200 predictions sampling noise alone can cross 0.15 (KS 99% critical value at 200 vs 1000
 # samples is 0.126; at 50 it is 0.23), so smaller windows are NoData, not a verdict.
 DEFAULT_MIN_SAMPLES = 200
+# Exit codes: 1 means "drift" to a CronJob or script, so it is reserved for a real drift verdict; every
+# failure (bad input, unreachable Prometheus, an unexpected error) is EXIT_BAD_INPUT, nothing decided.
+EXIT_DRIFT = 1
+EXIT_NO_DATA = 3
 # Shares below this are floored before the log in PSI; an empty bin then costs a bounded amount
 # instead of infinity, and two windows that both leave a bin empty contribute nothing.
 PSI_EPSILON = 1e-4
@@ -166,6 +179,25 @@ class DriftReport:
         return self.verdict == "Drift"
 
 
+def no_data_reason(reference: PredictionWindow, current: PredictionWindow, min_samples: int) -> str | None:
+    """Why the windows cannot be compared, or None. The statistics need at least one observation on
+    each side in both the histogram and the label counts; Prometheus can return one without the
+    other (a scrape gap, a counter reset), which is missing data, not drift."""
+    need = max(min_samples, 1)
+    if reference.samples < need or current.samples < need:
+        return (
+            f"too few predictions to judge drift: reference {reference.samples:.0f}, current "
+            f"{current.samples:.0f}, need at least {need} in each"
+        )
+    for name, w in (("reference", reference), ("current", current)):
+        if sum(w.label_counts.values()) <= 0:
+            return (
+                f"the {name} window has {w.samples:.0f} confidence observations but no predicted-label "
+                "counts: the predictions counter is missing for it"
+            )
+    return None
+
+
 def compare_windows(
     reference: PredictionWindow,
     current: PredictionWindow,
@@ -174,16 +206,9 @@ def compare_windows(
     min_samples: int = DEFAULT_MIN_SAMPLES,
 ) -> DriftReport:
     """The drift decision. Too few samples in either window is its own verdict, never a pass."""
-    if reference.samples < min_samples or current.samples < min_samples:
-        return DriftReport(
-            verdict="NoData",
-            threshold=threshold,
-            drift_score=None,
-            message=(
-                f"too few predictions to judge drift: reference {reference.samples:.0f}, current "
-                f"{current.samples:.0f}, need at least {min_samples} in each"
-            ),
-        )
+    no_data = no_data_reason(reference, current, min_samples)
+    if no_data is not None:
+        return DriftReport(verdict="NoData", threshold=threshold, drift_score=None, message=no_data)
     labels = sorted(set(reference.label_counts) | set(current.label_counts))
     psi_labels = psi(
         [reference.label_counts.get(k, 0.0) for k in labels],
@@ -280,24 +305,36 @@ def predictions_query(model_version: str, window: str, offset: str | None = None
     return f"sum by ({LABEL_LABEL}) (increase({sel}{_range(window, offset)}))"
 
 
-def parse_vector(payload: Mapping[str, Any]) -> list[tuple[dict[str, str], float]]:
-    """(labels, value) pairs of a Prometheus HTTP API instant-vector answer."""
+def parse_vector(payload: object) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) pairs of a Prometheus HTTP API instant-vector answer. The payload is whatever
+    JSON the URL returned (a proxy or a wrong URL can answer a list or a string), so every level is
+    checked before it is indexed."""
+    if not isinstance(payload, Mapping):
+        raise PrometheusError(f"expected a Prometheus API object, got JSON {type(payload).__name__}")
     if payload.get("status") != "success":
         raise PrometheusError(
             f"Prometheus answered {payload.get('status')!r}: "
             f"{payload.get('errorType', '')} {payload.get('error', '')}".strip()
         )
     data = payload.get("data") or {}
-    if data.get("resultType") != "vector":
-        raise PrometheusError(f"expected an instant vector, got resultType {data.get('resultType')!r}")
-    out = []
-    for item in data.get("result", []):
-        try:
-            value = float(item["value"][1])
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise PrometheusError(f"malformed sample in Prometheus answer: {item!r}") from exc
-        out.append(({str(k): str(v) for k, v in item.get("metric", {}).items()}, value))
-    return out
+    if not isinstance(data, Mapping) or data.get("resultType") != "vector":
+        kind = data.get("resultType") if isinstance(data, Mapping) else type(data).__name__
+        raise PrometheusError(f"expected an instant vector, got resultType {kind!r}")
+    result = data.get("result", [])
+    if not isinstance(result, list):
+        raise PrometheusError(f"expected a list of samples, got {type(result).__name__}")
+    return [_sample_of(item) for item in result]
+
+
+def _sample_of(item: object) -> tuple[dict[str, str], float]:
+    try:
+        metric = item.get("metric", {}) if isinstance(item, Mapping) else None
+        if not isinstance(item, Mapping) or not isinstance(metric, Mapping):
+            raise TypeError("a sample is an object with a metric object")
+        value = float(item["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise PrometheusError(f"malformed sample in Prometheus answer: {item!r}") from exc
+    return {str(k): str(v) for k, v in metric.items()}, value
 
 
 def bins_from_cumulative(samples: Sequence[tuple[dict[str, str], float]]) -> tuple[float, ...]:
@@ -335,7 +372,7 @@ def label_counts_from_vector(samples: Sequence[tuple[dict[str, str], float]]) ->
 
 
 def window_from_prometheus_answers(
-    confidence_payload: Mapping[str, Any], predictions_payload: Mapping[str, Any], *, source: str
+    confidence_payload: object, predictions_payload: object, *, source: str
 ) -> PredictionWindow:
     return PredictionWindow(
         label_counts=label_counts_from_vector(parse_vector(predictions_payload)),
@@ -346,16 +383,19 @@ def window_from_prometheus_answers(
 
 
 # --- the shell: reading windows --------------------------------------------------------------------
-def query_prometheus(url: str, query: str, *, timeout: float = 30.0) -> dict[str, Any]:
+def query_prometheus(url: str, query: str, *, timeout: float = 30.0) -> object:
+    """The decoded JSON answer, unchecked: parse_vector checks its shape."""
     import httpx
 
     endpoint = url.rstrip("/") + "/api/v1/query"
     try:
         resp = httpx.get(endpoint, params={"query": query}, timeout=timeout)
+    except httpx.InvalidURL as exc:  # not an HTTPError: raised before any request is made
+        raise PrometheusError(f"--prometheus-url {url!r} is not a valid URL: {exc}") from exc
     except httpx.HTTPError as exc:
         raise PrometheusError(f"cannot reach Prometheus at {endpoint}: {exc}") from exc
     try:
-        payload: dict[str, Any] = resp.json()
+        payload: object = resp.json()
     except ValueError as exc:
         raise PrometheusError(f"Prometheus at {endpoint} answered HTTP {resp.status_code}, not JSON") from exc
     return payload
@@ -460,11 +500,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--reference-seed", type=int, default=0)
     parser.add_argument("--current-seed", type=int, default=1)
+    # No env default here: the parser is built for every subcommand, so converting a bad
+    # DRIFT_THRESHOLD at this point broke them all; run() resolves it (resolve_threshold).
     parser.add_argument(
         "--threshold",
         type=float,
-        default=float(os.environ.get(Env.DRIFT_THRESHOLD) or DEFAULT_THRESHOLD),
-        help=f"drift when drift_score exceeds it (env {Env.DRIFT_THRESHOLD}, default {DEFAULT_THRESHOLD})",
+        default=None,
+        help=f"drift when drift_score exceeds it (default: ${Env.DRIFT_THRESHOLD}, else {DEFAULT_THRESHOLD})",
     )
     parser.add_argument("--min-samples", type=int, default=DEFAULT_MIN_SAMPLES)
     parser.add_argument("--output", type=Path, help="write the JobResult JSON here (default: stdout)")
@@ -472,8 +514,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--exit-zero",
         action="store_true",
         help="exit 0 on drift or no data too (a CronJob's result is the JobResult, not the exit code); "
-        "otherwise 1 = drift, 3 = too few samples",
+        "otherwise 1 = drift, 3 = too few samples; 2 = an error, never a verdict",
     )
+
+
+def resolve_threshold(flag: float | None, env: Mapping[str, str]) -> float:
+    """--threshold, else $DRIFT_THRESHOLD, else the default; finite and positive (an infinite or NaN
+    threshold would make every window NoDrift)."""
+    if flag is not None:
+        value, where = flag, "--threshold"
+    elif env.get(Env.DRIFT_THRESHOLD):
+        raw = env[Env.DRIFT_THRESHOLD]
+        where = f"{Env.DRIFT_THRESHOLD}={raw!r}"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise DriftInputError(f"{where} is not a number (e.g. {DEFAULT_THRESHOLD})") from None
+    else:
+        return DEFAULT_THRESHOLD
+    if not (math.isfinite(value) and value > 0):
+        raise DriftInputError(f"{where} must be a finite positive number, got {value}")
+    return value
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -518,12 +579,25 @@ def _windows(args: argparse.Namespace) -> tuple[PredictionWindow, PredictionWind
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference_server.ml.common import MLInputError, cli_error
+    try:
+        return _run(args)
+    except OSError as exc:  # writing the result (disk full, permissions): the environment, not drift
+        return cli_error("drift", str(exc), EXIT_BAD_INPUT)
+    except Exception:
+        # An uncaught exception exits 1, which a CronJob reads as "drift": keep the traceback for the
+        # bug report, but exit with the "nothing decided" code.
+        import traceback
+
+        traceback.print_exc()
+        return cli_error("drift", "internal error (traceback above); no drift verdict was reached")
+
+
+def _run(args: argparse.Namespace) -> int:
     from inference_server.runtime.model import ArtifactError, ModelLoadError
 
-    if not args.threshold > 0:
-        return cli_error("drift", f"--threshold must be positive, got {args.threshold}")
     try:
+        threshold = resolve_threshold(args.threshold, os.environ)
+        check_output_file(args.output, "--output")
         reference, current = _windows(args)
     except (
         DriftInputError,
@@ -534,8 +608,8 @@ def run(args: argparse.Namespace) -> int:
         OSError,
         ValueError,
     ) as exc:
-        return cli_error("drift", str(exc))
-    report = compare_windows(reference, current, threshold=args.threshold, min_samples=args.min_samples)
+        return cli_error("drift", str(exc), EXIT_BAD_INPUT)
+    report = compare_windows(reference, current, threshold=threshold, min_samples=args.min_samples)
     result = to_job_result(
         report, reference, current, model_version=model_version_of(args), now=datetime.now(UTC)
     )
@@ -547,5 +621,5 @@ def run(args: argparse.Namespace) -> int:
         print(text)
     print(f"drift: {report.verdict}: {report.message}", file=sys.stderr)
     if args.exit_zero:
-        return 0
-    return {"Drift": 1, "NoData": 3}.get(report.verdict, 0)
+        return EXIT_OK
+    return {"Drift": EXIT_DRIFT, "NoData": EXIT_NO_DATA}.get(report.verdict, EXIT_OK)

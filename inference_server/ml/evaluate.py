@@ -34,14 +34,19 @@ from inference_server.ml.common import (
     EXIT_OK,
     MLInputError,
     add_data_dir_argument,
+    add_model_arguments,
+    check_output_file,
     cli_error,
+    model_path_of,
+    model_version_of,
     read_json,
     write_json_atomic,
 )
+from inference_server.ml.compare import metrics_problems
 from inference_server.ml.datasets import (
     Example,
+    dataset_sha256,
     default_data_root,
-    load_manifest,
     load_split,
     split_sha256,
 )
@@ -73,10 +78,12 @@ class DatasetRef:
 
 
 def load_dataset_split(root: Path, name: str, split: str) -> tuple[list[Example], DatasetRef]:
-    """Examples of a split (hash-checked) and the reference that metrics.json records."""
+    """Examples of a split and the reference that metrics.json records, both hash-checked: the split
+    file against its manifest entry, and the dataset sha256 (recorded, and compared by the registry)
+    against the split hashes it is computed from — copying it unchecked once recorded a zeroed hash."""
+    dataset_sha = dataset_sha256(root, name)
     examples = load_split(root, name, split)
-    manifest = load_manifest(root, name)
-    ref = DatasetRef(name, split, split_sha256(root, name, split), str(manifest["sha256"]), len(examples))
+    ref = DatasetRef(name, split, split_sha256(root, name, split), dataset_sha, len(examples))
     return examples, ref
 
 
@@ -190,6 +197,9 @@ def load_metrics(path: Path) -> dict[str, Any]:
     missing = [k for k in ("macro_f1", "dataset", "labels") if k not in doc]
     if missing:
         raise MLInputError(f"{path}: metrics file lacks {', '.join(missing)}")
+    problems = metrics_problems(doc)
+    if problems:
+        raise MLInputError(f"{path}: {'; '.join(problems)}")
     return doc
 
 
@@ -214,18 +224,14 @@ def job_result(doc: dict[str, Any]) -> JobResult:
 
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="model directory (MODEL_PATH)")
-    parser.add_argument("--version", default=None, help="model version to record (default: directory name)")
+    # The shared flags default to the server image's MODEL_PATH / MODEL_VERSION /
+    # CALIBRATION_PARAMS_PATH, so the evaluation Job records the served version and confidences;
+    # --version stays as the older spelling of --model-version.
+    add_model_arguments(parser, version_aliases=("--version",))
     parser.add_argument("--model-sha256", default=None, help="refuse the model unless it has this sha256")
     add_data_dir_argument(parser)
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
-    parser.add_argument(
-        "--calibration",
-        type=Path,
-        default=None,
-        help="calibration params JSON (as CALIBRATION_PARAMS_PATH): calibrated figures",
-    )
     parser.add_argument("--quantized", action="store_true", help="evaluate the dynamic INT8 copy")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--output", type=Path, default=None, help="write metrics.json here (default: stdout)")
@@ -247,11 +253,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         return cli_error("evaluate", "--batch-size must be at least 1")
     try:
+        model_path = model_path_of(args)
+        check_output_file(args.output, "--output")
+        check_output_file(args.job_result, "--job-result")
         examples, ref = load_dataset_split(args.data_dir or default_data_root(), args.dataset, args.split)
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
         m = load_model(
-            args.model,
-            version=args.version or args.model.resolve().name,
+            model_path,
+            version=model_version_of(args),
             quantized=args.quantized,
             expected_sha256=args.model_sha256,
         )

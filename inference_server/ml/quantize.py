@@ -27,7 +27,11 @@ from inference_server.ml.common import (
     EXIT_OK,
     MLInputError,
     add_data_dir_argument,
+    add_model_arguments,
+    check_output_file,
     cli_error,
+    model_path_of,
+    model_version_of,
     write_json_atomic,
 )
 from inference_server.ml.datasets import default_data_root
@@ -194,9 +198,7 @@ def run_experiment(
         "single_calls": len(single[0]),
         "variants": results,
         "comparison": {
-            name: comparison(
-                results["fp32"], results[name], float(np.mean(labels["fp32"] == labels[name]))
-            )
+            name: comparison(results["fp32"], results[name], float(np.mean(labels["fp32"] == labels[name])))
             for name in names
             if name != "fp32"
         },
@@ -250,7 +252,9 @@ def markdown(doc: dict[str, Any]) -> str:
 
 # --- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="fp32 model directory (MODEL_PATH)")
+    # MODEL_PATH / MODEL_VERSION defaults as in the other commands. No --calibration: temperature
+    # scaling does not change labels, and agreement and F1 are what the comparison measures.
+    add_model_arguments(parser, calibration=False)
     add_data_dir_argument(parser)
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
@@ -279,12 +283,15 @@ def run(args: argparse.Namespace) -> int:
         return cli_error("quantize", "--single and --batch-size must be at least 1, --limit at least 0")
     threads = configure_torch_threads(args.threads)
     try:
+        model_path = model_path_of(args)
+        check_output_file(args.output, "--output")
+        check_output_file(args.markdown, "--markdown")
         examples, ref = load_dataset_split(args.data_dir or default_data_root(), args.dataset, args.split)
         if args.limit:
             examples = examples[: args.limit]
         if not examples:
             raise MLInputError(f"{ref.name}/{ref.split} is empty")
-        m = load_model(args.model, version=args.model.resolve().name)
+        m = load_model(model_path, version=model_version_of(args))
         y = label_indices(m.labels, examples)
         doc = run_experiment(
             m,

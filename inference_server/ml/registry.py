@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -33,6 +34,7 @@ from inference_server.ml.common import (
     MLInputError,
     cache_root,
     cli_error,
+    unit_fraction_arg,
 )
 from inference_server.runtime.atomic import write_bytes_atomic
 
@@ -96,10 +98,47 @@ def validation_errors(registry: Any) -> list[str]:
                 f"versions/{key}: stage {entry['stage']} but its history ends in "
                 f"{entry['history'][-1]['stage']}"
             )
+        errors += _timestamp_errors(key, entry)
     production = [k for k, e in versions.items() if e["stage"] == "production"]
     if len(production) > 1:
         errors.append(f"more than one production version: {', '.join(sorted(production))}")
+    errors += [
+        f"{where}: {value!r} is not a finite number (JSON has no NaN or Infinity)"
+        for where, value in _non_finite_numbers(registry, "")
+    ]
     return errors
+
+
+def _is_date_time(value: str) -> bool:
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _timestamp_errors(key: str, entry: Mapping[str, Any]) -> list[str]:
+    # The schema says `format: date-time`, but jsonschema only checks formats whose optional checker
+    # package is installed (rfc3339-validator, not a dependency): without it 2026-13-45T00:00:00Z
+    # passes the pattern. Checked here, so validity does not depend on what else is installed.
+    stamps = [(f"versions/{key}/{field}", entry[field]) for field in ("registered_at", "updated_at")]
+    stamps += [(f"versions/{key}/history/{i}/at", h["at"]) for i, h in enumerate(entry["history"])]
+    return [
+        f"{where}: {value!r} is not a valid date-time" for where, value in stamps if not _is_date_time(value)
+    ]
+
+
+def _non_finite_numbers(value: Any, where: str) -> Iterator[tuple[str, float]]:
+    # json.loads accepts the bare NaN/Infinity an older version wrote, but strict JSON readers (jq,
+    # other languages) reject the file, and a NaN macro_f1 passes every threshold comparison.
+    if isinstance(value, float) and not math.isfinite(value):
+        yield where or "<root>", value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _non_finite_numbers(v, f"{where}/{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite_numbers(v, f"{where}/{i}" if where else str(i))
 
 
 def check(registry: Any, where: str) -> Registry:
@@ -128,8 +167,13 @@ class NewVersion:
     bias_audit: dict[str, Any] | None = None
 
 
+# The fields of an entry that register() sets from its evidence (the rest is stage bookkeeping).
+EVIDENCE_FIELDS: Final = ("artifact", "metrics", "datasets", "calibration", "quantization", "bias_audit")
+
+
 def register(registry: Registry, new: NewVersion, *, now: str) -> Registry:
-    """Add a candidate. Registering the same version with the same artifact again changes nothing."""
+    """Add a candidate. Registering a version again with identical evidence changes nothing; with
+    different evidence it is refused, never silently dropped: a version names one set of evidence."""
     out = copy.deepcopy(registry)
     entry = {
         "version": new.version,
@@ -145,14 +189,20 @@ def register(registry: Registry, new: NewVersion, *, now: str) -> Registry:
         "history": [{"stage": "candidate", "from": None, "at": now, "reason": "registered"}],
     }
     existing = out["versions"].get(new.version)
-    if existing is not None:
-        if existing["artifact"] == entry["artifact"]:
-            return out
+    if existing is None:
+        out["versions"][new.version] = entry
+        return out
+    if existing["artifact"] != entry["artifact"]:
         raise RegistryError(
             f"version {new.version} is already registered with artifact sha256 "
             f"{existing['artifact']['sha256'][:12]}…; register the new artifact under a new version"
         )
-    out["versions"][new.version] = entry
+    differ = [f for f in EVIDENCE_FIELDS if existing.get(f) != entry[f]]
+    if differ:
+        raise RegistryError(
+            f"version {new.version} is already registered with different {', '.join(differ)}; "
+            "a registered version's evidence is not replaced — register it under a new version"
+        )
     return out
 
 
@@ -239,8 +289,9 @@ def compare_gate(f1_drop: float) -> Gate:
 
         try:
             return compare.gate(dict(candidate), dict(baseline), max_f1_drop=f1_drop).reasons
-        except (KeyError, TypeError, ValueError) as exc:
-            return [f"metrics cannot be compared ({exc!r}): are both evaluate's metrics.json?"]
+        except (MLInputError, ValueError) as exc:
+            # Unusable metrics fail the gate: promotion needs evidence, not its absence.
+            return [f"metrics cannot be compared ({exc}): are both evaluate's metrics.json?"]
 
     return gate
 
@@ -266,16 +317,33 @@ def read_registry(path: Path) -> Registry:
 
 def _write_atomic(path: Path, registry: Registry) -> None:
     check(registry, "the registry about to be written")  # never persist an invalid document
-    data = (json.dumps(registry, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    # allow_nan=False: check() already refuses NaN/Infinity; this keeps json.dumps from ever writing one.
+    data = (json.dumps(registry, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
     write_bytes_atomic(path, data, durable=True)  # the registry is the only copy: survive a power loss
+
+
+def _ensure_lock_file(path: Path) -> Path:
+    """Create the lock file up front. filelock treats a lock file it cannot create (read-only or
+    pseudo file system, missing permission) like one held by another writer and retries until its
+    timeout, so the real cause would surface only as a misleading "locked" error a minute later."""
+    lock_path = Path(str(path) + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a"):
+            pass
+    except OSError as exc:
+        raise RegistryError(
+            f"cannot write the registry {path}: its directory {path.parent} does not accept new "
+            f"files ({exc.strerror or exc}); choose a writable --registry or ${REGISTRY_ENV}"
+        ) from None
+    return lock_path
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+    lock = FileLock(str(_ensure_lock_file(path)), timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
             yield
@@ -338,6 +406,7 @@ def _bias_audit_summary(data: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _new_version(args: argparse.Namespace) -> NewVersion:
+    from inference_server.ml.compare import metrics_problems
     from inference_server.runtime.artifact import ArtifactError, sha256_of_artifact
 
     sha = args.sha256
@@ -352,9 +421,10 @@ def _new_version(args: argparse.Namespace) -> NewVersion:
     if not sha:
         raise RegistryError("give --sha256 or --artifact-path (to compute it)")
     metrics = _json_file(args.metrics, "metrics")
-    if metrics is not None and not isinstance(metrics.get("macro_f1"), int | float):
+    problems = metrics_problems(metrics) if metrics is not None else []
+    if problems:
         raise RegistryError(
-            f"{args.metrics} has no numeric macro_f1: give the metrics.json of `sentiment-ml evaluate`"
+            f"{args.metrics}: {'; '.join(problems)}: give the metrics.json of `sentiment-ml evaluate`"
         )
     calibration = _json_file(args.calibration, "calibration params")
     quantization = _json_file(args.quantization, "quantization report")
@@ -406,7 +476,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     pro.add_argument(
         "--max-f1-drop",
-        type=float,
+        type=unit_fraction_arg,
         default=DEFAULT_F1_DROP,
         help="largest allowed macro-F1 drop vs production, absolute (default 0.02)",
     )
@@ -438,8 +508,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "register":
             new = _new_version(args)
-            update_registry(path, lambda r: register(r, new, now=now_utc()))
-            print(f"registered {new.version} as candidate in {path}")
+            known: list[bool] = []
+
+            def add(r: Registry) -> Registry:
+                known.append(new.version in r["versions"])  # under the lock: what register() saw
+                return register(r, new, now=now_utc())
+
+            update_registry(path, add)
+            if known[-1]:
+                print(f"{new.version} is already registered in {path} with this evidence: unchanged")
+            else:
+                print(f"registered {new.version} as candidate in {path}")
         elif args.action == "promote":
             gate = compare_gate(args.max_f1_drop)
             previous: list[str | None] = []
@@ -483,4 +562,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_GATE_FAILED
     except MLInputError as exc:
         return cli_error("registry", str(exc), EXIT_BAD_INPUT)
+    except OSError as exc:  # the write itself failed (disk full, permissions): nothing was changed
+        return cli_error("registry", f"cannot write the registry {path}: {exc}", EXIT_BAD_INPUT)
     return EXIT_OK

@@ -11,7 +11,14 @@ Re-running a finished shard reads its checkpoint and writes nothing.
 
 Sharding for a Kubernetes Indexed Job: shard JOB_COMPLETION_INDEX of JOB_COMPLETIONS takes the ids
 whose stable hash (sha256 of the id's text) modulo the shard count equals its index, so the shards
-partition the ids exactly and every shard can be restarted on its own.
+partition the ids exactly and every shard can be restarted on its own. Kubernetes sets only
+JOB_COMPLETION_INDEX; the pod template must set JOB_COMPLETIONS to the Job's `completions` (or the
+command pass --shards). An index without a count is refused: guessing one shard would make index 0
+process every id while the other indexes fail.
+
+Resuming checks that the checkpoint belongs to the same run: input, shard, shard count, model version,
+path and content hash, and the calibration file's hash, so a changed model or calibration behind an
+unchanged path never mixes two scorings in one output.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,17 +83,34 @@ def shard_of(record_id: Any, shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % shards
 
 
-def shard_from_env(env: dict[str, str]) -> tuple[int, int]:
-    raw_index = env.get(Env.JOB_COMPLETION_INDEX, "0")
-    raw_count = env.get(Env.JOB_COMPLETIONS, "1")
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
     try:
-        index, count = int(raw_index), int(raw_count)
+        return int(raw)
     except ValueError:
+        raise ReprocessError(f"{name}={raw!r}: shard index and count must be integers") from None
+
+
+def resolve_shard(shard: int | None, shards: int | None, env: Mapping[str, str]) -> tuple[int, int]:
+    """(index, count): --shard/--shards first, then the Indexed Job's environment, else one shard."""
+    env_index = _env_int(env, Env.JOB_COMPLETION_INDEX)
+    env_count = _env_int(env, Env.JOB_COMPLETIONS)
+    if shards is None and env_count is None and env_index is not None:
+        # Kubernetes sets the index but not the count. Defaulting the count to 1 made index 0 process
+        # every id as "shard 0 of 1" while every other index failed: refuse instead.
         raise ReprocessError(
-            f"{Env.JOB_COMPLETION_INDEX}={raw_index!r} and {Env.JOB_COMPLETIONS}={raw_count!r} "
-            "must be integers"
-        ) from None
+            f"{Env.JOB_COMPLETION_INDEX}={env_index} is set but {Env.JOB_COMPLETIONS} is not: set "
+            f"{Env.JOB_COMPLETIONS} to the Job's completions in the pod template, or pass --shards"
+        )
+    index = shard if shard is not None else (env_index if env_index is not None else 0)
+    count = shards if shards is not None else (env_count if env_count is not None else 1)
     return check_shard(index, count)
+
+
+def shard_from_env(env: Mapping[str, str]) -> tuple[int, int]:
+    return resolve_shard(None, None, env)
 
 
 def check_shard(index: int, count: int) -> tuple[int, int]:
@@ -182,6 +206,7 @@ class SqliteSource:
         columns = f"{identifier(self.id_column, 'id column')}, {identifier(self.text_column, 'text column')}"
         self._sql = f"SELECT {columns} FROM {identifier(self.table, 'input table')}"
         self.description = f"sqlite:{self.db.resolve()}#{self.table}"
+        self._refuse_null_ids()  # before any output exists
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=60)
@@ -194,7 +219,8 @@ class SqliteSource:
                 raise ReprocessError(f"cannot read {self.description}: {exc}") from None
 
     def chunks(self, position: Any, size: int) -> Iterator[tuple[list[Record], Any]]:
-        # Keyset pagination on the id: stable under restarts, no OFFSET scans.
+        # Keyset pagination on the id: stable under restarts, no OFFSET scans. NULL ids, which would
+        # restart it from the top forever, were refused when the source was opened.
         idc = identifier(self.id_column, "id column")
         with contextlib.closing(self._connect()) as con:
             last = position
@@ -204,8 +230,31 @@ class SqliteSource:
                 rows = con.execute(f"{self._sql}{where} ORDER BY {idc} LIMIT ?", (*params, size)).fetchall()
                 if not rows:
                     return
+                nulls = sum(r[0] is None for r in rows)
+                if nulls:  # inserted since the check: refuse rather than loop
+                    raise ReprocessError(self._null_ids_message(nulls))
                 last = rows[-1][0]
                 yield [Record(r[0], str(r[1])) for r in rows], last
+
+    def _refuse_null_ids(self) -> None:
+        """A NULL id breaks keyset paging (NULL sorts first and `id > NULL` matches nothing, so paging
+        restarted from the top forever) and cannot be upserted by id: refused like a null id in JSONL."""
+        idc = identifier(self.id_column, "id column")
+        with contextlib.closing(self._connect()) as con:
+            try:
+                query = f"SELECT COUNT(*) FROM ({self._sql}) WHERE {idc} IS NULL"
+                nulls = int(con.execute(query).fetchone()[0])
+            except sqlite3.Error as exc:
+                raise ReprocessError(f"cannot read {self.description}: {exc}") from None
+        if nulls:
+            raise ReprocessError(self._null_ids_message(nulls))
+
+    def _null_ids_message(self, count: int) -> str:
+        return (
+            f"{self.description}: {count} row(s) have a NULL {self.id_column}; every record needs an id "
+            f"to be written and resumed by — fill them in, or select a view without them "
+            f"(e.g. WHERE {self.id_column} IS NOT NULL)"
+        )
 
 
 # --- sinks ----------------------------------------------------------------------------------------
@@ -377,7 +426,9 @@ class SqliteSink:
         self._identity = identity
         self._con.execute("BEGIN IMMEDIATE")
         self._con.execute(
-            f"CREATE TABLE IF NOT EXISTS {self._t} (id PRIMARY KEY, label TEXT NOT NULL, "
+            # NOT NULL: SQLite lets a non-INTEGER PRIMARY KEY hold any number of NULLs, and a NULL id
+            # never conflicts, so the upsert would append instead of replace.
+            f"CREATE TABLE IF NOT EXISTS {self._t} (id NOT NULL PRIMARY KEY, label TEXT NOT NULL, "
             "confidence REAL NOT NULL, probabilities TEXT NOT NULL, model_version TEXT NOT NULL)"
         )
         self._con.execute(
@@ -451,7 +502,7 @@ def _check_identity(stored: dict[str, Any], identity: dict[str, Any], where: Pat
         details = ", ".join(f"{k}: {stored.get(k)!r} -> {identity.get(k)!r}" for k in diffs)
         raise ReprocessError(
             f"checkpoint {where} belongs to another run ({details}); resume with the same input, "
-            "model and shards, or write to a new output"
+            "model, calibration and shards, or write to a new output"
         )
 
 
@@ -562,10 +613,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"this shard's index (default: ${Env.JOB_COMPLETION_INDEX} or 0)",
     )
     parser.add_argument(
-        "--shards", type=int, default=None, help=f"number of shards (default: ${Env.JOB_COMPLETIONS} or 1)"
+        "--shards",
+        type=int,
+        default=None,
+        help=f"number of shards (default: ${Env.JOB_COMPLETIONS}, which an Indexed Job's pod template must "
+        f"set since Kubernetes sets only ${Env.JOB_COMPLETION_INDEX}; 1 when neither is set)",
     )
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, help="records per committed chunk")
     parser.add_argument("--result", type=Path, help="write the JobResult JSON here (default: stdout)")
+
+
+def run_identity(
+    source: Source, shard: int, shards: int, model: Any, model_path: Path, calibration_path: Path | None
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed. The content hashes catch what the names miss: a
+    different model copied to the same path and version, or a recalibrated calibration.json; either
+    would otherwise mix two scorings in one output. The model hash is the artifact hash the server
+    verifies (runtime.artifact), reused when the load already computed it; otherwise it costs one read
+    of the model files per run, small next to scoring."""
+    from inference_server.runtime.artifact import sha256_of_artifact
+
+    return {
+        "input": source.description,
+        "shard": shard,
+        "shards": shards,
+        "model_version": model.version,
+        "model_path": str(model_path.resolve()),
+        "model_sha256": model.sha256 or sha256_of_artifact(model_path),
+        "calibration_sha256": sha256_of_artifact(calibration_path) if calibration_path else None,
+    }
 
 
 def _source(args: argparse.Namespace) -> Source:
@@ -591,11 +667,7 @@ def run(args: argparse.Namespace) -> int:
     from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
 
     try:
-        env_shard, env_shards = shard_from_env(dict(os.environ))
-        shard, shards = check_shard(
-            env_shard if args.shard is None else args.shard,
-            env_shards if args.shards is None else args.shards,
-        )
+        shard, shards = resolve_shard(args.shard, args.shards, os.environ)
         if args.chunk_size < 1:
             raise ReprocessError(f"--chunk-size must be at least 1, got {args.chunk_size}")
         if args.model is None:
@@ -604,13 +676,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, version=model_version_of(args))
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
         sink = _sink(args, shard, shards)
-        identity = {
-            "input": source.description,
-            "shard": shard,
-            "shards": shards,
-            "model_version": model.version,
-            "model_path": str(Path(args.model).resolve()),
-        }
+        identity = run_identity(source, shard, shards, model, Path(args.model), args.calibration)
         with tqdm(
             total=source.total(), desc=f"reprocess shard {shard}/{shards}", unit="rec", file=sys.stderr
         ) as bar:

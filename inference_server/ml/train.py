@@ -313,6 +313,17 @@ def fine_tune(
     }
 
 
+def check_labels(examples: Sequence[Example], *, where: Path) -> None:
+    """The classification head has exactly LABELS; any other label (e.g. `neutral`) has no output to
+    train, so it is an input error before training starts, not a KeyError in the middle of it."""
+    unknown = sorted({e.label for e in examples} - set(LABELS))
+    if unknown:
+        raise MLInputError(
+            f"{where}: field label holds {unknown}, which the model cannot learn; "
+            f"labels must be among {list(LABELS)} (filter those rows out or relabel them)"
+        )
+
+
 def train_model(
     *,
     data_root: Path,
@@ -339,6 +350,8 @@ def train_model(
     train, train_ref = load_dataset_split(data_root, config.dataset, "train")
     validation, val_ref = load_dataset_split(data_root, config.dataset, "validation")
     test, test_ref = load_dataset_split(data_root, config.dataset, "test")
+    for split, examples in (("train", train), ("validation", validation), ("test", test)):
+        check_labels(examples, where=data_root / config.dataset / f"{split}.jsonl")
     manifest = load_manifest(data_root, config.dataset)
     train = subsample(train, config.max_train_rows, config.seed)
     if len({e.label for e in train}) < 2:
@@ -355,8 +368,9 @@ def train_model(
     datasets_info = {
         "name": config.dataset,
         "sha256": manifest["sha256"],
-        "split_seed": manifest["split_seed"],
-        "source": manifest["source"],
+        # provenance only: a hand-made manifest may lack them, and losing a trained model to that is worse
+        "split_seed": manifest.get("split_seed"),
+        "source": manifest.get("source"),
         "train_rows": len(train),
         "train_sha256": train_ref.sha256,
         "splits": {r.split: r.to_dict() for r in (train_ref, val_ref, test_ref)},

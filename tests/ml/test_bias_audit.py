@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,79 @@ def test_command_runs_the_curated_dataset_and_bad_inputs_exit_2(
     broken.write_text("{")
     assert cli(["bias-audit", "--model", str(tiny_model_dir), "--dataset", str(broken)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({}, "attributes must be a non-empty object"),
+        ({"g": ["a", "b"]}, "attributes/g must be an object of group"),
+        ({"g": {"a": "x", "b": "y"}}, "attributes/g/a must be a non-empty list"),
+    ],
+)
+def test_attributes_of_the_wrong_shape_are_refused(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], attributes: Any, message: str
+) -> None:
+    path = tmp_path / "audit.json"
+    spec = json.loads(small_dataset(path, ["x"], ["y"]).read_text())
+    path.write_text(json.dumps({**spec, "attributes": attributes}))
+    with pytest.raises(B.BiasAuditError) as err:
+        B.load_dataset(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+    assert cli(["bias-audit", "--model", str(tiny_model_dir), "--dataset", str(path)]) == 2
+    err_text = capsys.readouterr().err
+    assert message in err_text and err_text.count("\n") == 1
+
+
+def markdown_problems(text: str) -> list[str]:
+    """Structural damage in a markdown report: a heading run into a sentence, a table row cut off or
+    left outside a table, a table without header and separator or with ragged or repeated rows."""
+    problems: list[str] = []
+    lines, fenced, table = text.splitlines(), False, []
+    for n, line in enumerate([*lines, ""], 1):
+        fenced ^= line.startswith("```")
+        if fenced or line.startswith("```"):
+            continue
+        if re.search(r"\S.*\s#{2,6} \S", line) and not line.startswith("#"):
+            problems.append(f"line {n}: a heading inside a sentence: {line[-60:]!r}")
+        if line.rstrip().endswith("|") and not line.startswith("|"):
+            problems.append(f"line {n}: a table row fragment: {line[:60]!r}")
+        if line.startswith("|"):
+            table.append((n, line))
+            continue
+        if table:
+            problems += _table_problems(table)
+            table = []
+    return problems
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _table_problems(table: list[tuple[int, str]]) -> list[str]:
+    first = table[0][0]
+    if len(table) < 3 or not re.fullmatch(r"\|( *:?-+:? *\|)+", table[1][1].strip()):
+        return [f"line {first}: a table without a header and separator row"]
+    width = len(_cells(table[0][1]))
+    problems = [
+        f"line {n}: {len(_cells(row))} cells, header has {width}"
+        for n, row in table
+        if len(_cells(row)) != width
+    ]
+    keys = [_cells(row)[0] for _, row in table[2:]]
+    problems += [f"table at line {first}: row {k!r} repeated" for k in sorted(set(keys)) if keys.count(k) > 1]
+    return problems
+
+
+def test_the_bias_audit_report_and_its_generator_are_well_formed() -> None:
+    report = Path(__file__).parents[2] / "docs" / "reports" / "bias-audit.md"
+    assert markdown_problems(report.read_text()) == []
+    assert markdown_problems("a sentence. Exit code 0 ## Results\n") != []  # the checker sees the damage
+    assert markdown_problems("| a | b |\n| --- | --- |\n| x | 1 |\n\nrazilian 0.733 |\n| x | 2 |\n") != []
+    rows, sha = B.load_dataset()
+    result = B.evaluate(rows, probs_for(rows, {"deaf": 0.3}), ("negative", "positive"), threshold=0.1)
+    generated = B.render_markdown(
+        {**result, "model": {"version": "v1"}, "dataset": {"path": "x", "sha256": sha}}
+    )
+    assert markdown_problems(generated) == []

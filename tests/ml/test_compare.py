@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from inference_server.ml import compare
+from inference_server.ml.common import MLInputError
 
 
 def _metrics(f1: float, sha: str = "a" * 64, version: str = "v") -> dict[str, Any]:
@@ -87,3 +88,55 @@ def test_cli_unreadable_input_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     args = parser.parse_args(["--candidate", nope, "--baseline", nope])
     assert compare.run(args) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad_f1", [float("nan"), float("inf"), "0.9", True, 1.5, -0.1, None])
+def test_f1_that_is_not_a_finite_fraction_is_exit_2_naming_file_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad_f1: Any
+) -> None:
+    # NaN never compares greater than the allowed drop: before this check a NaN candidate passed.
+    assert _run(tmp_path, _metrics(bad_f1), _metrics(0.85)) == 2
+    err = capsys.readouterr().err
+    assert "c.json" in err and "macro_f1" in err and err.count("\n") == 1
+    assert not (tmp_path / "decision.json").exists()
+    assert _run(tmp_path, _metrics(0.85), _metrics(bad_f1)) == 2
+    assert "b.json" in capsys.readouterr().err
+    with pytest.raises(MLInputError, match="macro_f1"):  # the pure gate, as the registry calls it
+        compare.gate(_metrics(bad_f1), _metrics(0.85))
+
+
+@pytest.mark.parametrize("drop", ["nan", "inf", "-0.01", "1.5", "two"])
+def test_max_f1_drop_must_be_a_finite_fraction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], drop: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        _run(tmp_path, _metrics(0.5), _metrics(0.85), "--max-f1-drop", drop)
+    assert exit_.value.code == 2 and "--max-f1-drop" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_f1_drop"):
+        compare.gate(_metrics(0.5), _metrics(0.85), max_f1_drop=float(drop) if drop != "two" else 2.0)
+
+
+def test_metrics_of_the_wrong_shape_or_a_directory_are_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = _metrics(0.9)
+    listed["dataset"] = ["x"]
+    assert _run(tmp_path, listed, _metrics(0.85)) == 2
+    assert "c.json" in (err := capsys.readouterr().err) and "dataset" in err
+    bad_labels = _metrics(0.9)
+    bad_labels["labels"] = "negative,positive"
+    assert _run(tmp_path, bad_labels, _metrics(0.85)) == 2
+    assert "labels" in capsys.readouterr().err
+
+    parser = argparse.ArgumentParser()
+    compare.add_arguments(parser)
+    (tmp_path / "b.json").write_text(json.dumps(_metrics(0.85)))
+    a_dir = tmp_path / "adir"
+    a_dir.mkdir()
+    args = parser.parse_args(["--candidate", str(a_dir), "--baseline", str(tmp_path / "b.json")])
+    assert compare.run(args) == 2
+    assert "is a directory" in capsys.readouterr().err
+    args = parser.parse_args(["--candidate", str(tmp_path / "b.json"), "--baseline", str(tmp_path / "b.json"),
+                              "--output", str(a_dir)])
+    assert compare.run(args) == 2
+    assert "--output" in capsys.readouterr().err

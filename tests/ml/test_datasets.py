@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,50 @@ def test_missing_dataset_and_split_say_what_to_do(tiny_data_root: Path, tiny_dat
         D.load_split(tiny_data_root, "nope", "test")
     with pytest.raises(D.DatasetError, match="no split 'dev'"):
         D.load_split(tiny_data_root, tiny_dataset, "dev")
+
+
+def _drop_test_sha(m: dict[str, Any]) -> Any:
+    del m["splits"]["test"]["sha256"]
+    return m
+
+
+def _splits_as_list(m: dict[str, Any]) -> Any:
+    return {**m, "splits": list(m["splits"].values())}
+
+
+def _test_split_null(m: dict[str, Any]) -> Any:
+    m["splits"]["test"] = None
+    return m
+
+
+def _file_outside(m: dict[str, Any]) -> Any:
+    m["splits"]["test"]["file"] = "../../etc/passwd"
+    return m
+
+
+@pytest.mark.parametrize(
+    ("tamper", "field"),
+    [
+        (_drop_test_sha, "splits/test/sha256"),
+        (_splits_as_list, "splits is ["),
+        (_test_split_null, "splits/test is NoneType"),
+        (_file_outside, "splits/test/file"),
+        (lambda m: {}, "sha256 is None"),
+        (lambda m: [m], "the manifest is list"),
+    ],
+)
+def test_a_manifest_of_the_wrong_structure_is_a_clear_error(
+    tiny_data_root: Path, tiny_dataset: str, capsys: pytest.CaptureFixture[str],
+    tamper: Callable[[dict[str, Any]], Any], field: str,
+) -> None:
+    path = tiny_data_root / tiny_dataset / "manifest.json"
+    path.write_text(json.dumps(tamper(json.loads(path.read_text()))))
+    for load in (D.load_split, D.read_split_bytes):
+        with pytest.raises(D.DatasetError) as err:
+            load(tiny_data_root, tiny_dataset, "test")
+        assert str(path) in str(err.value) and field in str(err.value)
+    assert _run(["--data-dir", str(tiny_data_root), "--verify", "--name", tiny_dataset]) == 2
+    assert field in capsys.readouterr().err
 
 
 def test_rotten_tomatoes_parser_drops_plot_rows_and_maps_labels() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,145 @@ def test_cli_scores_two_text_files_with_a_model(tmp_path: Path, tiny_model_dir: 
     other_result = JobResult.from_json((tmp_path / "other.json").read_text())
     assert other_result.metrics["psi_labels"] > drift.DEFAULT_THRESHOLD
     assert other_result.detail["current"]["label_shares"]["negative"] > 0.8
+
+
+# --- audit regressions: errors are never exit 1 (drift), DRIFT_THRESHOLD, the documented figures ------
+@contextlib.contextmanager
+def serving(answer_for: Callable[[str], Any]) -> Iterator[str]:
+    """A loopback 'Prometheus' whose answer (any JSON) is computed from the query."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("query", [""])[0]
+            data = json.dumps(answer_for(query)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+EMPTY_VECTOR = {"status": "success", "data": {"resultType": "vector", "result": []}}
+
+
+def test_histogram_without_label_counts_is_no_data_not_drift(tmp_path: Path) -> None:
+    ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
+    # The confidence histogram has data, the predictions counter has none (a scrape gap or reset).
+    with serving(lambda q: answer("confidence_v1") if "bucket" in q else EMPTY_VECTOR) as url:
+        out = tmp_path / "r.json"
+        argv = [
+            "drift",
+            "--reference-predictions",
+            str(ref),
+            "--prometheus-url",
+            url,
+            "--window",
+            "2m",
+            "--model-version",
+            "v1",
+            "--output",
+            str(out),
+        ]
+        assert cli(argv) == 3
+    result = JobResult.from_json(out.read_text())
+    assert result.detail["verdict"] == "NoData" and "predictions counter" in result.message
+    empty_labels = drift.PredictionWindow(label_counts={}, confidence_bins=window(0.5, 4.0).confidence_bins)
+    assert drift.compare_windows(window(0.5, 4.0), empty_labels).verdict == "NoData"
+
+
+def test_empty_window_with_min_samples_0_is_no_data(tmp_path: Path) -> None:
+    ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    argv = [
+        "drift",
+        "--reference-predictions",
+        str(ref),
+        "--current-predictions",
+        str(empty),
+        "--min-samples",
+        "0",
+        "--output",
+        str(tmp_path / "r.json"),
+    ]
+    assert cli(argv) == 3
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        ([1, 2], "got JSON list"),
+        ("up", "got JSON str"),
+        ({"status": "success", "data": []}, "resultType"),
+        ({"status": "success", "data": {"resultType": "vector", "result": [[1]]}}, "malformed sample"),
+    ],
+)
+def test_prometheus_replies_of_the_wrong_shape_are_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], reply: Any, message: str
+) -> None:
+    ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
+    with serving(lambda _q: reply) as url:
+        assert cli(["drift", "--reference-predictions", str(ref), "--prometheus-url", url]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_invalid_prometheus_url_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
+    assert cli(["drift", "--reference-predictions", str(ref), "--prometheus-url", "http://[::1"]) == 2
+    err = capsys.readouterr().err
+    assert "not a valid URL" in err and err.count("\n") == 1
+
+
+def test_an_unexpected_error_is_not_reported_as_drift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
+
+    def broken(*args: Any, **kwargs: Any) -> drift.DriftReport:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(drift, "compare_windows", broken)
+    assert cli(["drift", "--reference-predictions", str(ref), "--current-predictions", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert "ZeroDivisionError: a bug" in err and "no drift verdict" in err  # the traceback is kept
+
+
+def test_a_bad_drift_threshold_env_breaks_only_drift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(contract.Env.DRIFT_THRESHOLD, "abc")
+    with pytest.raises(SystemExit) as help_exit:  # other subcommands build the same parser
+        cli(["datasets", "--help"])
+    assert help_exit.value.code == 0
+    capsys.readouterr()
+    ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
+    assert cli(["drift", "--reference-predictions", str(ref), "--current-predictions", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sentiment-ml drift: error: DRIFT_THRESHOLD='abc'") and err.count("\n") == 1
+    for bad in ("nan", "inf", "-1"):
+        monkeypatch.setenv(contract.Env.DRIFT_THRESHOLD, bad)
+        assert cli(["drift", "--reference-predictions", str(ref), "--current-predictions", str(ref)]) == 2
+    monkeypatch.setenv(contract.Env.DRIFT_THRESHOLD, "0.5")
+    out = tmp_path / "r.json"
+    argv = [
+        "drift",
+        "--reference-predictions",
+        str(ref),
+        "--current-predictions",
+        str(ref),
+        "--output",
+        str(out),
+    ]
+    assert cli(argv) == 0
+    assert JobResult.from_json(out.read_text()).metrics["threshold"] == 0.5
+    assert cli([*argv, "--threshold", "0.2"]) == 0  # the flag wins over the environment
+    assert JobResult.from_json(out.read_text()).metrics["threshold"] == 0.2

@@ -56,9 +56,14 @@ def test_failures_are_one_line_and_exit_2(tmp_path: Path, tiny_model_dir: Path, 
                                           tiny_dataset: str, capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--data-dir", str(tiny_data_root), "--dataset", tiny_dataset]
     split = tiny_data_root / tiny_dataset / "test.jsonl"
-    split.write_text(split.read_text().replace("positive", "negative", 1))  # tamper
+    original = split.read_text()
+    split.write_text(original.replace("positive", "negative", 1))  # tamper
     assert _run("--model", str(tiny_model_dir), *common) == 2
     assert "sha256" in capsys.readouterr().err
+    # A tampered split makes the whole dataset unusable, other splits included (its hash covers all).
+    assert _run("--model", str(tiny_model_dir), *common, "--split", "validation") == 2
+    assert "test.jsonl" in capsys.readouterr().err
+    split.write_text(original)
     wrong_sha = ["--model-sha256", "0" * 64]
     assert _run("--model", str(tiny_model_dir), *common, "--split", "validation", *wrong_sha) == 2
     assert "expected" in capsys.readouterr().err
@@ -69,3 +74,46 @@ def test_failures_are_one_line_and_exit_2(tmp_path: Path, tiny_model_dir: Path, 
     write_dataset(tmp_path / "d", "odd", {"test": ex}, Source("t", "0", "f"))
     assert _run("--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "d"), "--dataset", "odd") == 2
     assert "joyful" in capsys.readouterr().err
+
+
+def test_a_manifest_whose_dataset_hash_differs_is_refused(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The dataset sha256 goes into metrics.json and the registry: it was copied without a check.
+    path = tiny_data_root / tiny_dataset / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "sha256": "0" * 64}))
+    out = tmp_path / "m.json"
+    assert _run("--model", str(tiny_model_dir), "--data-dir", str(tiny_data_root), "--dataset", tiny_dataset,
+                "--output", str(out)) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "000000000000" in err and not out.exists()
+
+
+def test_model_flags_default_to_the_server_image_environment(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from inference_server.contract import Env
+    from inference_server.ml import calibrate, quantize
+
+    monkeypatch.delenv(Env.CALIBRATION_PARAMS_PATH, raising=False)
+    monkeypatch.delenv(Env.MODEL_PATH, raising=False)
+    monkeypatch.delenv(Env.MODEL_VERSION, raising=False)
+    common = ("--data-dir", str(tiny_data_root), "--dataset", tiny_dataset)
+    assert _run(*common) == 2
+    assert "give --model or set MODEL_PATH" in capsys.readouterr().err
+
+    monkeypatch.setenv(Env.MODEL_PATH, str(tiny_model_dir))
+    monkeypatch.setenv(Env.MODEL_VERSION, "served-v3")
+    out = tmp_path / "m.json"
+    assert _run(*common, "--output", str(out)) == 0  # an evaluation Job in the server image: no flags
+    assert json.loads(out.read_text())["model"]["version"] == "served-v3"
+    assert _run(*common, "--version", "v-flag", "--output", str(out)) == 0  # the older flag still wins
+    assert json.loads(out.read_text())["model"]["version"] == "v-flag"
+    for module in (calibrate, quantize):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        args = parser.parse_args(["--output", str(out)])
+        assert (args.model, args.model_version) == (tiny_model_dir, "served-v3"), module.__name__

@@ -342,3 +342,112 @@ def test_cli_register_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     assert "not a valid registry" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def _register_argv(path: Path, version: str = "v1", *extra: str) -> list[str]:
+    return [
+        "registry",
+        "--registry",
+        str(path),
+        "register",
+        "--version",
+        version,
+        "--artifact-uri",
+        f"pvc://m/{version}",
+        "--sha256",
+        "a" * 64,
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("bad_f1", [float("nan"), float("inf"), "0.9", True, 1.2])
+def test_register_refuses_a_macro_f1_that_is_not_a_finite_fraction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad_f1: Any
+) -> None:
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps({**metrics(0.8), "macro_f1": bad_f1}))  # NaN/Infinity as json.dumps writes them
+    path = tmp_path / "r.json"
+    assert cli(_register_argv(path, "v1", "--metrics", str(bad))) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "macro_f1" in err
+    assert not path.exists()
+
+
+def test_non_finite_numbers_are_never_valid_nor_written(tmp_path: Path) -> None:
+    nan_accuracy = R.NewVersion(
+        "v1", "pvc://m/v1", "a" * 64, metrics={**metrics(0.8), "accuracy": float("nan")}
+    )
+    reg = R.register(R.empty_registry(), nan_accuracy, now=NOW)
+    assert R.validation_errors(reg) == [
+        "versions/v1/metrics/accuracy: nan is not a finite number (JSON has no NaN or Infinity)"
+    ]
+    path = tmp_path / "r.json"
+    with pytest.raises(R.RegistryError, match="metrics/accuracy"):
+        R.update_registry(path, lambda r: R.register(r, nan_accuracy, now=NOW))
+    assert not path.exists()
+    # A registry an older version wrote with a bare NaN is reported, not silently used.
+    path.write_text(json.dumps(reg))
+    assert "NaN" in path.read_text()
+    with pytest.raises(R.RegistryError, match="not a finite number"):
+        R.read_registry(path)
+
+
+def test_unusable_stored_metrics_fail_the_gate_instead_of_crashing() -> None:
+    reg = R.promote(
+        R.register(R.empty_registry(), new("v1"), now=NOW), "v1", "production", now=NOW, gate=gate()
+    )
+    listed = {**metrics(0.9), "dataset": ["x"]}
+    reg = R.register(reg, R.NewVersion("v2", "pvc://m/v2", "c" * 64, metrics=listed), now=NOW)
+    (reason,) = R.gate_reasons(reg, "v2", gate())
+    assert "cannot be compared" in reason and "dataset" in reason
+    with pytest.raises(R.GateFailed):
+        R.promote(reg, "v2", "production", now=NOW, gate=gate())
+
+
+def test_register_with_a_dataset_list_in_metrics_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps({**metrics(0.8), "dataset": ["x"]}))
+    assert cli(_register_argv(tmp_path / "r.json", "v1", "--metrics", str(bad))) == 2
+    assert "dataset" in capsys.readouterr().err
+
+
+def test_registering_again_is_refused_unless_identical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reg = R.register(R.empty_registry(), new("v1", 0.84), now=NOW)
+    with pytest.raises(R.RegistryError, match="already registered with different metrics"):
+        R.register(reg, new("v1", 0.80), now=NOW)
+    with pytest.raises(R.RegistryError, match="different bias_audit"):
+        R.register(reg, new("v1", 0.84, bias_audit={"passed": True}), now=NOW)
+
+    path = tmp_path / "r.json"
+    m1, m2 = tmp_path / "m1.json", tmp_path / "m2.json"
+    m1.write_text(json.dumps(metrics(0.84)))
+    m2.write_text(json.dumps(metrics(0.70)))
+    assert cli(_register_argv(path, "v1", "--metrics", str(m1))) == 0
+    capsys.readouterr()
+    assert cli(_register_argv(path, "v1", "--metrics", str(m1))) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert cli(_register_argv(path, "v1", "--metrics", str(m2))) == 2
+    assert "different metrics" in capsys.readouterr().err
+    assert R.read_registry(path)["versions"]["v1"]["metrics"]["macro_f1"] == 0.84
+
+
+def test_timestamps_must_be_real_date_times() -> None:
+    reg = R.register(R.empty_registry(), new("v1"), now="2026-13-45T25:00:00Z")  # matches the pattern
+    errors = R.validation_errors(reg)
+    assert "versions/v1/registered_at: '2026-13-45T25:00:00Z' is not a valid date-time" in errors
+    assert any(e.startswith("versions/v1/history/0/at") for e in errors)
+    assert R.validation_errors(R.register(R.empty_registry(), new("v1"), now="2026-02-28T23:59:59.5Z")) == []
+
+
+def test_an_unwritable_registry_directory_is_reported_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # filelock retries a lock file it cannot create until its timeout and then blamed another writer.
+    monkeypatch.setattr(R, "LOCK_TIMEOUT_S", 1.0)
+    assert cli(_register_argv(Path("/proc/sentiment-registry.json"))) == 2
+    err = capsys.readouterr().err
+    assert "locked" not in err and "/proc" in err and "writable" in err

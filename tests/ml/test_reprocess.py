@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -420,3 +422,104 @@ def test_cli_bad_arguments_exit_2(
         == 2
     )
     assert "not within" in capsys.readouterr().err
+
+
+# --- audit regressions ----------------------------------------------------------------------------------
+def test_sql_input_with_null_ids_is_refused_not_looped_over(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "in.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE reviews (id TEXT, text TEXT)")  # no PRIMARY KEY: NULL ids are allowed
+    con.executemany(
+        "INSERT INTO reviews VALUES (?, ?)",
+        [(None if i % 10 == 0 else f"r{i}", "great film") for i in range(101)],
+    )
+    con.commit()
+    con.close()
+    # Paging restarted from the top on a NULL last id: bound the iteration so the old code fails, not hangs.
+    with pytest.raises(RP.ReprocessError, match=r"11 row.* NULL id"):
+        list(itertools.islice(RP.SqliteSource(db, "reviews").chunks(None, 10), 50))
+    out = tmp_path / "out.db"
+    argv = [
+        "reprocess",
+        "--input-sql",
+        str(db),
+        "--input-table",
+        "reviews",
+        "--output-sql",
+        str(out),
+        "--output-table",
+        "scores",
+        "--model",
+        str(tiny_model_dir),
+    ]
+    assert cli(argv) == 2
+    assert "NULL id" in capsys.readouterr().err
+    assert not out.exists()  # refused before any output was created
+
+
+def test_sql_output_ids_are_not_null(tmp_path: Path) -> None:
+    # SQLite lets a non-INTEGER PRIMARY KEY hold many NULLs, and a NULL never conflicts: no upsert.
+    sink = RP.SqliteSink(tmp_path / "out.db", "scores", 0, 1)
+    sink.open(IDENTITY)
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL"):
+        sink.commit([{**fake_scorer([RP.Record("x", "great")])[0], "id": None}], RP.Checkpoint())
+    sink.close()
+
+
+def test_resume_with_another_calibration_or_model_content_is_refused(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.jsonl"
+    write_input(src, 12)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"temperature": 1.5}))
+    argv = [
+        "reprocess",
+        "--input",
+        str(src),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--model",
+        str(model),
+        "--model-version",
+        "v1",
+        "--calibration",
+        str(calibration),
+    ]
+    assert cli(argv) == 0
+    capsys.readouterr()
+    assert cli(argv) == 0  # the same run again: already done
+    assert JobResult.from_json(capsys.readouterr().out).detail["already_done"] is True
+
+    calibration.write_text(json.dumps({"temperature": 3.0}))  # recalibrated behind the same path
+    assert cli(argv) == 2
+    assert "calibration_sha256" in capsys.readouterr().err
+    calibration.write_text(json.dumps({"temperature": 1.5}))
+    (model / "README.md").write_text("another model, same path and version\n")
+    assert cli(argv) == 2
+    assert "model_sha256" in capsys.readouterr().err
+
+
+def test_job_completion_index_without_job_completions_is_refused(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Kubernetes sets only the index; defaulting the count to 1 made index 0 take every id.
+    for index in ("0", "2"):
+        with pytest.raises(RP.ReprocessError, match=f"{Env.JOB_COMPLETIONS} is not"):
+            RP.shard_from_env({Env.JOB_COMPLETION_INDEX: index})
+    assert RP.resolve_shard(None, 3, {Env.JOB_COMPLETION_INDEX: "2"}) == (2, 3)  # --shards supplies it
+    assert RP.resolve_shard(1, 2, {}) == (1, 2)
+    src = tmp_path / "in.jsonl"
+    write_input(src, 5)
+    monkeypatch.setenv(Env.JOB_COMPLETION_INDEX, "0")
+    monkeypatch.delenv(Env.JOB_COMPLETIONS, raising=False)
+    out = tmp_path / "out"
+    assert (
+        cli(["reprocess", "--input", str(src), "--output-dir", str(out), "--model", str(tiny_model_dir)]) == 2
+    )
+    assert f"set {Env.JOB_COMPLETIONS}" in capsys.readouterr().err
+    assert not out.exists()

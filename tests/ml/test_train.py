@@ -6,10 +6,12 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from inference_server.ml import default_model, train
+from inference_server.ml.datasets import Example, Source, write_dataset
 
 
 def _train(out: Path, encoder: Path, root: Path, dataset: str, *extra: str) -> int:
@@ -65,6 +67,21 @@ def test_train_refuses_a_non_empty_output_and_bad_settings(
     assert _train(tmp_path / "m", tmp_path, tiny_data_root, tiny_dataset) == 2
     assert "no config.json" in capsys.readouterr().err
     assert _train(tmp_path / "k", tiny_model_dir, tiny_data_root, "missing") == 2
+
+
+def test_train_refuses_a_label_the_model_has_no_output_for(
+    tmp_path: Path, tiny_model_dir: Path, make_examples: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    examples = make_examples(40)
+    splits = {"train": [*examples[:20], Example("n-1", "the film was shown on tuesday", "neutral")],
+              "validation": examples[20:30], "test": examples[30:]}
+    root = tmp_path / "data"
+    write_dataset(root, "three_way", splits, Source("tests", "0", "test_train.py"))
+    out = tmp_path / "model"
+    assert _train(out, tiny_model_dir, root, "three_way") == 2
+    err = capsys.readouterr().err
+    assert "neutral" in err and str(root / "three_way" / "train.jsonl") in err and "label" in err
+    assert not out.exists()  # refused before training wrote anything
 
 
 def test_batches_are_seeded_and_length_grouped() -> None:
