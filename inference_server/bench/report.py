@@ -256,13 +256,13 @@ def evaluate_targets(res: BenchResults) -> list[Target]:
         )
     q = res.quality
     if q is not None:
-        delta = (q.macro_f1_fp32 - q.macro_f1_int8) * 100.0
+        change = (q.macro_f1_int8 - q.macro_f1_fp32) * 100.0  # signed as everywhere else: − is a loss
         out.append(
             Target(
                 "INT8 macro-F1 within 1 point of fp32 (test split)",
                 "drop ≤ 1.0 point",
-                f"{delta:+.2f} points ({q.macro_f1_fp32:.4f} → {q.macro_f1_int8:.4f}, {q.rows} sentences)",
-                delta <= 1.0,
+                f"{change:+.2f} points ({q.macro_f1_fp32:.4f} → {q.macro_f1_int8:.4f}, {q.rows} sentences)",
+                -change <= 1.0,
             )
         )
     else:

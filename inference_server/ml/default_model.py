@@ -24,6 +24,12 @@ from inference_server.ml.datasets import default_data_root, ensure_datasets, loa
 from inference_server.ml.train import Encoder, TrainConfig, packaged_encoder
 
 DEFAULT_CONFIG: Final = TrainConfig()
+# Fixed rather than taken from the CPU quota: the thread count changes the summation order and so the
+# weights, and the cache key (the version name) must name one model wherever it is built (given the
+# same torch build and kind of CPU). 2 is what the default was built and measured with
+# (docs/model-selection.md): a larger machine leaves cores idle, a 1-core one oversubscribes, and both
+# get the weights every report describes.
+TRAIN_THREADS: Final = 2
 CALIBRATION_FILE: Final = "calibration.json"
 REQUIRED_FILES: Final = (
     "config.json",
@@ -86,7 +92,12 @@ def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) 
     version = final.name
     _log(f"fine-tuning {encoder.name} on {config.dataset} into {partial} (about 7-15 min on 2 cores)")
     trained = train_model(
-        data_root=data_root, output=partial, config=config, encoder=encoder, version=version
+        data_root=data_root,
+        output=partial,
+        config=config,
+        encoder=encoder,
+        version=version,
+        threads=TRAIN_THREADS,
     )
     doc = trained.test.doc
     _log(f"test macro-F1 {doc['macro_f1']:.4f}, accuracy {doc['accuracy']:.4f}; calibrating")

@@ -4,8 +4,11 @@ The output directory is a complete MODEL_PATH: config (id2label/label2id), weigh
 ``training_config.json`` (hyper-parameters, encoder, dataset hashes, versions, timings),
 ``metrics.json`` (the test split, in `evaluate`'s format) and ``README.md`` (the model card).
 
-Deterministic under ``--seed``: the head's initialisation, the batch order and dropout all draw from
-seeded generators, and torch runs its deterministic kernels.
+Deterministic under ``--seed`` for a given thread count, torch build and kind of CPU: the head's
+initialisation, the batch order and dropout all draw from seeded generators, and torch runs its
+deterministic kernels; but a reduction split over another number of threads sums in another order
+(one thread and two give different weights), so ``--threads`` is recorded in training_config.json and
+`make model` pins it (default_model.TRAIN_THREADS).
 """
 
 from __future__ import annotations

@@ -147,7 +147,22 @@ def test_targets_miss_each_line_independently() -> None:
     assert verdicts["fp32 server vs raw ceiling, c=32, short"] is False  # 77%
     assert verdicts["INT8 vs fp32 server, c=32, long"] is False  # 1.5×
     assert verdicts["INT8 macro-F1 within 1 point of fp32 (test split)"] is False  # 1.5 points
+
     assert verdicts["server overhead at c=1 over the forward pass, fp32, short"] is False  # 3 ms
+
+
+@pytest.mark.parametrize(
+    ("f1", "shown", "passed"), [((0.84, 0.835), "-0.50", True), ((0.80, 0.81), "+1.00", True)]
+)
+def test_the_int8_f1_change_is_signed_like_the_quantization_report(
+    f1: tuple[float, float], shown: str, passed: bool
+) -> None:
+    """int8 − fp32: a loss reads as negative here as in docs/reports/quantization.md; a gain passes."""
+    res = _results(
+        fp32_rps=100, naive_rps=30, int8_rps=180, ceiling=110, fp32_c1_p50=19.5, bare_p50=18.0, f1=f1
+    )
+    target = {t.name: t for t in evaluate_targets(res)}["INT8 macro-F1 within 1 point of fp32 (test split)"]
+    assert target.measured.startswith(f"{shown} points") and target.passed is passed
 
 
 def test_overhead_is_judged_against_the_forward_pass_as_the_server_ran_it() -> None:

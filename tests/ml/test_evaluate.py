@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from inference_server.contract import JobKind, JobResult
@@ -117,3 +119,20 @@ def test_model_flags_default_to_the_server_image_environment(
         module.add_arguments(parser)
         args = parser.parse_args(["--output", str(out)])
         assert (args.model, args.model_version) == (tiny_model_dir, "served-v3"), module.__name__
+
+
+def test_nll_is_the_same_quantity_calibrated_or_not() -> None:
+    """metrics.json's nll and uncalibrated.nll are both the logits' NLL (at T and at 1): with T = 1 they
+    are equal even for a confidently wrong row, whose probability a floor would otherwise cap."""
+    doc = evaluate.metrics_document(
+        logits=np.array([[30.0, 0.0], [0.0, 3.0]], dtype=np.float32),
+        y_true=np.array([1, 1]),
+        labels=("negative", "positive"),
+        dataset=evaluate.DatasetRef(name="d", split="test", sha256="0" * 64, dataset_sha256="1" * 64, rows=2),
+        model={"version": "v"},
+        latencies_ms=[1.0],
+        batch_size=2,
+        temperature=1.0,
+    )
+    exact = (30.0 + math.log1p(math.exp(-30.0)) + math.log1p(math.exp(-3.0))) / 2
+    assert doc["nll"] == pytest.approx(exact) and doc["uncalibrated"]["nll"] == pytest.approx(exact)

@@ -116,6 +116,28 @@ def test_linear_schedule() -> None:
     assert train.linear_schedule(100, 100, 10) == 0.0
 
 
+def test_make_model_trains_with_a_pinned_thread_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread count changes the weights (summation order) but not the cache key, so `make model`
+    must not take it from the machine: the same version name has to mean the same weights."""
+
+    class Stop(Exception):
+        pass
+
+    seen: dict[str, object] = {}
+
+    def fake_train_model(**kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train, "train_model", fake_train_model)
+    encoder = train.Encoder(tmp_path, "encoder", "encoder==1")
+    with pytest.raises(Stop):
+        default_model._build(tmp_path / "model", encoder, tmp_path, train.TrainConfig())
+    assert seen["threads"] == default_model.TRAIN_THREADS == 2
+
+
 def test_default_model_cache_key_tracks_its_inputs(tmp_path: Path) -> None:
     cfg = train.TrainConfig()
     key = default_model.cache_key("enc==1", "sha", cfg)
