@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from inference_server.api import explain, feedback, health, inference, metrics
 from inference_server.api.deps import AppContext
-from inference_server.api.errors import install_error_handlers
+from inference_server.api.errors import UnhandledErrors, install_error_handlers
 from inference_server.api.middleware import RequestMetrics
 from inference_server.contract import Env, Path
 from inference_server.feedback.recent import RecentPredictions
@@ -162,4 +162,5 @@ def create_app(
         in_flight=in_flight,
         tracer=ctx.tracer if provider is not None else None,
     )
+    app.add_middleware(UnhandledErrors)  # added last: the outermost, so it sees every error
     return app

@@ -1,4 +1,4 @@
-"""Exception handlers: every error is JSON {"error": {...}}; a 500 only for a true bug (and logged)."""
+"""Exception handlers: every error is JSON {"error": {...}}; a 500 only for a true bug (logged once)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference_server.api.responses import error_response
 from inference_server.serving.batching import DrainingError
@@ -106,15 +107,50 @@ async def _http(_: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, detail, headers=exc.headers)
 
 
-async def _bug(request: Request, exc: Exception) -> Response:
+class UnhandledErrors:
+    """The outermost middleware: an exception no handler took is logged once and answered with the
+    JSON 500, and the request ends normally.
+
+    Registering a handler for ``Exception`` with FastAPI is not enough: Starlette's ServerErrorMiddleware
+    answers with it and then re-raises for the server, which logs the error a second time ("Exception
+    in ASGI application") and drops the client's keep-alive connection, so the client's next request
+    on it fails too. Only an error after the response has started is left to the server: the client
+    has part of an answer and the connection must close.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            _log_bug(scope, exc)
+            if started:
+                raise
+            response = error_response(500, "internal_error", "internal server error (logged); this is a bug")
+            await response(scope, receive, send)
+
+
+def _log_bug(scope: Scope, exc: Exception) -> None:
+    path = str(scope.get("path", ""))
     log.error(
         "unhandled error on %s %s",
-        request.method,
-        request.url.path,
+        scope.get("method", ""),
+        path,
         exc_info=exc,
-        extra={"fields": {"event": "internal_error", "path": request.url.path}},
+        extra={"fields": {"event": "internal_error", "path": path}},
     )
-    return error_response(500, "internal_error", "internal server error (logged); this is a bug")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -123,4 +159,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(DrainingError, _draining)
     app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _bug)

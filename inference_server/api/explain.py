@@ -51,6 +51,9 @@ async def explain(
         while (result := await engine.batcher.run_exclusive(advance, passes)) is None:
             pass
         span.set_attribute("saliency.steps", body.steps if body.method == "integrated_gradients" else 1)
+    # Its input tokens count like any answered text's; it is no served prediction, so it adds none to
+    # the predictions, confidence or feedback series (nor an inference log line).
+    engine.count_tokens(prepared)
     latency_ms = (time.perf_counter() - start) * 1000.0
     with engine.tracer.start_as_current_span(Span.RESPONSE_SERIALIZE):
         return JSONBytes(

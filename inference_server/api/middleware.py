@@ -54,7 +54,7 @@ class RequestMetrics:
             return
         start = time.perf_counter()
         scope[REQUEST_START_KEY] = start
-        status = 500
+        status = 500  # what an unhandled error is answered with (api/errors.UnhandledErrors)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -67,18 +67,25 @@ class RequestMetrics:
             if self.tracer is None:
                 await self.app(scope, receive, send_wrapper)
             else:
-                await self._traced(scope, receive, send_wrapper)
+                await self._traced(scope, receive, send_wrapper, lambda: status)
         finally:
             self.in_flight(-1)
             self.observe(endpoint_label(scope["path"]), status, time.perf_counter() - start)
 
-    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _traced(self, scope: Scope, receive: Receive, send: Send, status: Callable[[], int]) -> None:
         from opentelemetry.propagate import extract
-        from opentelemetry.trace import SpanKind
+        from opentelemetry.trace import SpanKind, StatusCode
 
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         name = f"{scope['method']} {endpoint_label(scope['path'])}"
         with self.tracer.start_as_current_span(name, context=extract(carrier), kind=SpanKind.SERVER) as span:
             span.set_attribute("http.request.method", scope["method"])
             span.set_attribute("url.path", scope["path"])
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                # OpenTelemetry's HTTP conventions: the status on the server span, and only a 5xx marks
+                # the span as an error (a 4xx is the client's, not the server's).
+                span.set_attribute("http.response.status_code", status())
+                if status() >= 500:
+                    span.set_status(StatusCode.ERROR)

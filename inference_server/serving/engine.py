@@ -35,6 +35,7 @@ class Prepared:
     request_id: str
     text: str
     ids: list[int]
+    endpoint: str  # whose input-token series counts it, once it is answered
 
 
 @dataclass(frozen=True)
@@ -136,13 +137,13 @@ class InferenceEngine:
             else:
                 ids = self._encode(clean)
             check_token_count(len(ids), self.model.max_tokens, field=field)
-        self.metrics.observe_tokens(endpoint, len(ids))
-        return Prepared(request_id or new_request_id(), clean, ids)
+        return Prepared(request_id or new_request_id(), clean, ids, endpoint)
 
     def _encode(self, text: str) -> list[int]:
         return encode_ids(self.model, [text])[0]
 
     def answer(self, prepared: Prepared, logits: np.ndarray) -> Answer:
+        """The calibrated answer for one row of logits; nothing is recorded (see `deliver`)."""
         with self.tracer.start_as_current_span(Span.CALIBRATION) as span:
             span.set_attribute("calibrated", self.calibrated)
             probs = softmax_row(logits, self._temperature)
@@ -150,16 +151,27 @@ class InferenceEngine:
         confidence = probs[best]
         if not math.isfinite(confidence):
             raise FloatingPointError("model produced non-finite logits")
-        label = self.labels[best]
-        self.metrics.observe_prediction(label, confidence)
-        self.recent.remember(prepared.request_id, label, confidence, self.version, prepared.text)
         return Answer(
             prepared.request_id,
-            label,
+            self.labels[best],
             confidence,
             dict(zip(self.labels, probs, strict=True)),
             len(prepared.ids),
         )
+
+    def deliver(self, pairs: Sequence[tuple[Prepared, Answer]]) -> None:
+        """Count and remember answers that will be sent: only once every one of a request's answers
+        exists, so a batch that fails on its last item leaves no prediction counted, no tokens, and
+        no request id that /feedback could judge (and store the text of) for an answer never sent."""
+        for prepared, answer in pairs:
+            self.count_tokens(prepared)
+            self.metrics.observe_prediction(answer.label, answer.confidence)
+            self.recent.remember(
+                prepared.request_id, answer.label, answer.confidence, self.version, prepared.text
+            )
+
+    def count_tokens(self, prepared: Prepared) -> None:
+        self.metrics.observe_tokens(prepared.endpoint, len(prepared.ids))
 
     def log(self, answer: Answer, *, endpoint: str, latency_ms: float) -> None:
         log_inference(
@@ -181,13 +193,17 @@ class InferenceEngine:
         with self.tracer.start_as_current_span(Span.INFERENCE_FORWARD) as span:
             span.set_attribute("tokens", len(prepared.ids))
             logits = await self.batcher.submit(prepared.ids)
-        return self.answer(prepared, logits)
+        answer = self.answer(prepared, logits)
+        self.deliver([(prepared, answer)])
+        return answer
 
     async def classify_many(self, prepared: Sequence[Prepared]) -> list[Answer]:
         with self.tracer.start_as_current_span(Span.INFERENCE_FORWARD) as span:
             span.set_attribute("items", len(prepared))
             rows = await self.batcher.submit_many([p.ids for p in prepared])
-        return [self.answer(p, row) for p, row in zip(prepared, rows, strict=True)]
+        answers = [self.answer(p, row) for p, row in zip(prepared, rows, strict=True)]
+        self.deliver(list(zip(prepared, answers, strict=True)))
+        return answers
 
     async def warm_up(self, rounds: int = 2) -> None:
         """Exercise the real path (short, medium and longest inputs; alone, batched, and batched into

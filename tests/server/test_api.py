@@ -349,6 +349,44 @@ def test_spans_are_named_by_the_contract(api: TestClient, module_spans: Spans) -
     assert len({s.context.trace_id for s in spans}) == 1  # one request, one trace
 
 
+def test_server_spans_carry_the_status_and_only_a_5xx_is_an_error(
+    api: TestClient, module_spans: Spans
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    for body, status in (({"text": "great"}, 200), ({"txt": "great"}, 422)):
+        module_spans.exporter.clear()
+        assert api.post(c.Path.INFER, json=body).status_code == status
+        (server,) = [
+            s for s in module_spans.exporter.get_finished_spans() if s.name == f"POST {c.Path.INFER}"
+        ]
+        assert server.attributes is not None and server.attributes["http.response.status_code"] == status
+        assert server.status.status_code is StatusCode.UNSET  # a 4xx is the client's error
+
+
+def test_an_unhandled_error_is_one_json_500_logged_once(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not re-raised to the server (which would log it again and drop the keep-alive connection): the
+    test client, which raises whatever the app raises, gets the JSON answer; the span marks the error."""
+    from opentelemetry.trace import StatusCode
+
+    spans = Spans()
+    app = create_app(settings_for(tiny_model_dir, tmp_path), tracer_provider=spans.provider)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app) as client, caplog.at_level(logging.ERROR):
+        r = client.get("/boom")
+    assert r.status_code == 500 and error_of(r)["code"] == "internal_error"
+    bugs = [rec for rec in caplog.records if "unhandled error" in rec.getMessage()]
+    assert len(bugs) == 1 and bugs[0].exc_info is not None
+    (server,) = [s for s in spans.exporter.get_finished_spans() if s.name == "GET other"]
+    assert server.status.status_code is StatusCode.ERROR
+
+
 def test_one_json_log_line_per_inference_without_the_text(
     api: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -440,3 +478,39 @@ def test_a_three_class_model_is_served_with_its_own_labels(tmp_path: Path) -> No
         assert _metric_value(client, c.METRIC_FEEDBACK_SERIES, **labels) == 1
         explained = client.post(c.Path.EXPLAIN, json={"text": "a great film", "target_label": "neutral"})
         assert explained.status_code == 200 and explained.json()["label"] == "neutral"
+
+
+def _predictions_and_tokens(api: TestClient) -> tuple[float, float]:
+    predictions = sum(
+        _metric_value(api, c.METRIC_PREDICTIONS_SERIES, label=label) for label in ("negative", "positive")
+    )
+    return predictions, _metric_value(api, c.METRIC_INPUT_TOKENS + "_count", endpoint=c.Path.INFER_BATCH)
+
+
+def test_a_request_that_fails_counts_nothing_and_leaves_no_feedback_target(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers are recorded only once all of a request's answers exist: a batch whose second item fails
+    (non-finite logits) must not count the first one's prediction or tokens, nor let /feedback judge
+    (and store the text of) an answer the client never received."""
+    engine = api.app.state.ctx.state.engine  # type: ignore[attr-defined]
+    real = engine.answer
+
+    def answer(prepared: Any, logits: Any) -> Any:
+        if prepared.request_id == "poison":
+            raise FloatingPointError("model produced non-finite logits")
+        return real(prepared, logits)
+
+    monkeypatch.setattr(engine, "answer", answer)
+    before = _predictions_and_tokens(api)
+    items = [{"text": "great", "request_id": "sent-never"}, {"text": "awful", "request_id": "poison"}]
+    assert api.post(c.Path.INFER_BATCH, json={"items": items}).status_code == 500
+    # A batch refused at its third item is not counted either.
+    blank = [{"text": "a"}, {"text": "b"}, {"text": " "}]
+    assert api.post(c.Path.INFER_BATCH, json={"items": blank}).status_code == 422
+    assert _predictions_and_tokens(api) == before
+    r = api.post(c.Path.FEEDBACK, json={"request_id": "sent-never", "label": "positive"})
+    assert r.status_code == 404
+    # And a batch that is answered counts each of its texts once.
+    assert api.post(c.Path.INFER_BATCH, json={"items": blank[:2]}).status_code == 200
+    assert _predictions_and_tokens(api) == (before[0] + 2, before[1] + 2)
