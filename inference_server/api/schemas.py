@@ -128,4 +128,18 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
         429: "Rate limit of this endpoint exceeded; see Retry-After",
         503: "Model not loaded/warmed yet, or the server is draining",
     }
-    return {c: {"model": ErrorResponse, "description": text.get(c, "Error")} for c in codes}
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying (an integer, at least 1); a 503 for a model "
+            "that failed to load has none, as retrying this replica will not help",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
+    return {
+        c: {
+            "model": ErrorResponse,
+            "description": text.get(c, "Error"),
+            **({"headers": retry_after} if c in (429, 503) else {}),
+        }
+        for c in codes
+    }

@@ -411,6 +411,8 @@ def test_health_ready_and_docs(api: TestClient) -> None:
     assert api.get(c.Path.DOCS).status_code == 200
     paths = api.get("/openapi.json").json()["paths"]
     assert {c.Path.INFER, c.Path.INFER_BATCH, c.Path.EXPLAIN, c.Path.FEEDBACK} <= set(paths)
+    for status in ("429", "503"):  # both can carry Retry-After, and say so
+        assert "Retry-After" in paths[c.Path.INFER]["post"]["responses"][status]["headers"]
 
 
 def test_a_bug_is_a_logged_json_500(
