@@ -4,7 +4,8 @@ All variants come from the same model directory through the code the server runs
 enable_quantized_model (runtime.quantization.int8_variant): torch dynamic INT8 (Linear layers only)
 and ONNX Runtime INT8 (fused encoder, the default; INT8_BACKEND selects). Measured: size, single-sentence
 latency and per-batch latency/throughput over the split — calls interleaved variant by variant, so
-background load hits all alike — macro-F1 of each and the rate at which each INT8 agrees with FP32.
+background load hits all alike — macro-F1 of each and the rate at which each INT8 agrees with FP32,
+both in batches and with every sentence scored alone (dynamic INT8's answers depend on the batch).
 """
 
 from __future__ import annotations
@@ -102,6 +103,31 @@ def batched_logits(
     return [np.concatenate(c) for c in chunks], ms
 
 
+def alone_logits(models: Sequence[LoadedModel], texts: Sequence[str], *, progress: bool) -> list[Any]:
+    """Logits of every text scored alone, one call each, for each model: what a lone request gets.
+
+    Dynamic INT8 quantizes activations with one scale per call, i.e. per padded batch, so an INT8
+    text's logits (and sometimes its label) depend on the texts it was batched with; FP32's do not.
+    Scoring alone gives the batch-free figure and, against `batched_logits`, how much the batch moves.
+    """
+    from tqdm import tqdm
+
+    from inference_server.runtime.model import predict_logits
+
+    rows: list[list[Any]] = [[] for _ in models]
+    for text in tqdm(texts, desc="alone", unit="text", disable=not progress, file=sys.stderr):
+        for i, m in enumerate(models):
+            rows[i].append(predict_logits(m, [text])[0])
+    return [np.stack(r) for r in rows]
+
+
+def alone_summary(logits: Any, batched: Any, y: Any, labels: Sequence[str]) -> dict[str, float]:
+    """Quality with every text alone, and the share of texts whose label is the same alone and batched."""
+    q = M.classification_metrics(M.softmax(logits), y, labels)
+    same = float(np.mean(np.asarray(logits).argmax(axis=1) == np.asarray(batched).argmax(axis=1)))
+    return {"macro_f1": q["macro_f1"], "accuracy": q["accuracy"], "same_label_as_batched": same}
+
+
 def variant_summary(
     name: str,
     *,
@@ -128,9 +154,13 @@ def variant_summary(
     }
 
 
-def comparison(fp32: dict[str, Any], int8: dict[str, Any], agreement: float) -> dict[str, float]:
+def comparison(
+    fp32: dict[str, Any], int8: dict[str, Any], agreement: float, agreement_alone: float
+) -> dict[str, float]:
     return {
         "agreement": agreement,
+        "agreement_alone": agreement_alone,
+        "macro_f1_delta_points_alone": (int8["alone"]["macro_f1"] - fp32["alone"]["macro_f1"]) * 100,
         "size_ratio": int8["size_bytes"] / fp32["size_bytes"],
         "single_p50_speedup": fp32["single_latency_ms"]["p50"] / max(int8["single_latency_ms"]["p50"], 1e-9),
         "throughput_speedup": int8["throughput_per_s"] / max(fp32["throughput_per_s"], 1e-9),
@@ -168,6 +198,7 @@ def run_experiment(
     names = list(models)
     single = single_latencies(list(models.values()), texts[:n_single])
     logits, batch_ms = batched_logits(list(models.values()), texts, batch_size=batch_size, progress=progress)
+    alone = alone_logits(list(models.values()), texts, progress=progress)
     results = {
         name: variant_summary(
             name,
@@ -181,7 +212,10 @@ def run_experiment(
         )
         for i, name in enumerate(names)
     }
+    for i, name in enumerate(names):
+        results[name]["alone"] = alone_summary(alone[i], logits[i], y, fp32.labels)
     labels = {name: logits[i].argmax(axis=1) for i, name in enumerate(names)}
+    labels_alone = {name: alone[i].argmax(axis=1) for i, name in enumerate(names)}
     return {
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": {"version": fp32.version, "path": str(fp32.path)},
@@ -198,7 +232,12 @@ def run_experiment(
         "single_calls": len(single[0]),
         "variants": results,
         "comparison": {
-            name: comparison(results["fp32"], results[name], float(np.mean(labels["fp32"] == labels[name])))
+            name: comparison(
+                results["fp32"],
+                results[name],
+                float(np.mean(labels["fp32"] == labels[name])),
+                float(np.mean(labels_alone["fp32"] == labels_alone[name])),
+            )
             for name in names
             if name != "fp32"
         },
@@ -232,8 +271,10 @@ def markdown(doc: dict[str, Any]) -> str:
         "| size (MB; torch: state dict, ONNX Runtime: model file) | "
         + " | ".join(f"{v['size_bytes'] / 1e6:.1f}" for v in variants)
         + " |",
-        row("macro-F1", "macro_f1", ".4f"),
-        row("accuracy", "accuracy", ".4f"),
+        row(f"macro-F1 (batches of {bs})", "macro_f1", ".4f"),
+        row(f"accuracy (batches of {bs})", "accuracy", ".4f"),
+        row("macro-F1 (each sentence alone)", "alone.macro_f1", ".4f"),
+        row("same label alone as in its batch", "alone.same_label_as_batched", ".1%"),
         row("single sentence p50 (ms)", "single_latency_ms.p50", ".1f"),
         row("single sentence p95 (ms)", "single_latency_ms.p95", ".1f"),
         row(f"batch of {bs} p50 (ms)", "batch_latency_ms.p50", ".1f"),
@@ -245,7 +286,9 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(
             f"- {TITLES[name]} vs FP32: agreement (same label) **{c['agreement']:.1%}**; size "
             f"×{c['size_ratio']:.2f}; single-sentence speed-up ×{c['single_p50_speedup']:.2f}; throughput "
-            f"×{c['throughput_speedup']:.2f}; macro-F1 change {c['macro_f1_delta_points']:+.2f} points."
+            f"×{c['throughput_speedup']:.2f}; macro-F1 change {c['macro_f1_delta_points']:+.2f} points "
+            f"(each sentence alone: agreement {c['agreement_alone']:.1%}, "
+            f"{c['macro_f1_delta_points_alone']:+.2f} points)."
         )
     return "\n".join(lines) + "\n"
 

@@ -33,11 +33,17 @@ def test_report_json_and_markdown(tmp_path: Path, tiny_model_dir: Path, tiny_dat
     assert sizes["int8_torch"] < sizes["fp32"] and sizes["int8_onnxruntime"] < sizes["fp32"]
     assert set(doc["comparison"]) == {"int8_torch", "int8_onnxruntime"}
     for c in doc["comparison"].values():
-        assert 0.9 <= c["agreement"] <= 1.0
+        assert 0.9 <= c["agreement"] <= 1.0 and 0.9 <= c["agreement_alone"] <= 1.0
+    for v in doc["variants"].values():
+        assert v["alone"]["macro_f1"] > 0.8 and 0.9 <= v["alone"]["same_label_as_batched"] <= 1.0
+    # FP32 does not depend on its batch companions: alone and batched give the same labels and F1.
+    fp32 = doc["variants"]["fp32"]
+    assert fp32["alone"]["same_label_as_batched"] == 1.0 and fp32["alone"]["macro_f1"] == fp32["macro_f1"]
     assert doc["served_int8_backend"] == "onnxruntime" and doc["environment"]["onnxruntime"]
     assert doc["dataset"]["split"] == "test" and doc["dataset"]["rows"] == doc["rows_scored"] == 75
     text = md.read_text()
-    assert "| macro-F1 |" in text and "INT8 ONNX Runtime vs FP32: agreement" in text
+    assert "| macro-F1 (batches of 16) |" in text and "| macro-F1 (each sentence alone) |" in text
+    assert "INT8 ONNX Runtime vs FP32: agreement" in text and "each sentence alone: agreement" in text
 
 
 def test_limit_scores_the_first_rows(tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path,
