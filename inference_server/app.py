@@ -22,13 +22,25 @@ from inference_server.feedback.store import FeedbackStore, FeedbackStoreError
 from inference_server.observability.metrics import ServerMetrics
 from inference_server.observability.tracing import build_tracer_provider, shutdown_provider, tracer_from
 from inference_server.serving.batching import Ticket
-from inference_server.serving.lifecycle import ServerState, bring_up, drain, fail
+from inference_server.serving.lifecycle import ServerState, bring_up, drain, fail, in_daemon_thread
 from inference_server.serving.limits import PathPolicy, RequestGuard
 from inference_server.serving.ratelimit import RateLimiter
 from inference_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 PURGE_INTERVAL_S = 3600.0
+
+
+async def _flush_spans(provider: Any, timeout_s: float) -> None:
+    """Flush and stop the span exporter within ``timeout_s`` (what is left of the shutdown deadline), on a
+    daemon thread: a collector that does not answer costs at most that, and the process does not wait
+    for the abandoned flush when it exits."""
+    try:
+        await asyncio.wait_for(in_daemon_thread(shutdown_provider, provider, name="span-flush"), timeout_s)
+    except TimeoutError:
+        log.warning("spans not flushed within the %.2fs left of the shutdown grace; dropped", timeout_s)
+    except Exception:  # a failing exporter must not turn a clean drain into a failed exit
+        log.exception("span flush failed")
 
 
 def _utcnow() -> datetime:
@@ -122,14 +134,17 @@ def create_app(
         try:
             yield
         finally:
+            # One deadline for the whole shutdown: started by SIGTERM (serving/drain.py), so uvicorn's
+            # wait for the requests in flight has already spent part of it; otherwise it starts now.
+            deadline = state.begin_drain(settings.shutdown_grace_seconds)
             for task in ctx.background:
                 task.cancel()  # a no-op for a bring-up that has finished
             await asyncio.gather(*ctx.background, return_exceptions=True)
-            await drain(state, server_metrics, timeout_s=settings.shutdown_grace_seconds)
+            await drain(state, server_metrics, timeout_s=deadline.until_abandon())
             if ctx.store is not None:
                 ctx.store.close()
-            if owns_provider:
-                shutdown_provider(provider)
+            if owns_provider and provider is not None:
+                await _flush_spans(provider, deadline.remaining())
 
     app = FastAPI(
         title="sentiment-rollouts inference server",

@@ -2,17 +2,21 @@
 
 Configuration comes from the environment (see inference_server/settings.py); invalid configuration
 exits 2 with a line naming each bad variable. SIGTERM turns /readyz to 503 at once, lets requests in
-flight finish (up to SHUTDOWN_GRACE_SECONDS) and drains the micro-batcher before exiting 0. A model
-that must not be served (sha256 mismatch, unloadable) exits 1.
+flight finish and drains the micro-batcher before exiting 0, all within SHUTDOWN_GRACE_SECONDS of the
+signal (serving/drain.py): near the end, requests still waiting for a forward pass get 503 ``draining``;
+a model still loading is abandoned; and a forward pass still running on a worker thread when the grace
+is over (it cannot be interrupted) is not waited for. A model that must not be served (sha256 mismatch,
+unloadable) exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from inference_server.contract import Env
 
@@ -28,6 +32,28 @@ def _parser() -> argparse.ArgumentParser:
         "/readyz, /metrics, /docs).",
         epilog=f"Configured by environment variables: {env}. See the README section 'Inference server'.",
     )
+
+
+def passes_done_by_deadline(state: Any) -> bool:
+    """Wait, until the shutdown deadline, for a forward pass still running on a worker thread (the
+    interpreter would join the workers at exit, for as long as the pass takes); whether none is left."""
+    deadline = state.shutdown_deadline
+    if state.engine is None or deadline is None:
+        return True
+    return bool(state.engine.batcher.wait_for_workers(deadline.remaining()))
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process without joining the forward workers (nor running atexit hooks): the drain is over
+    and nothing else is left to finish; logs and stdio are flushed first."""
+    logging.getLogger("inference_server.main").warning(
+        "a forward pass is still running at the end of the shutdown grace; exiting without it",
+        extra={"fields": {"event": "exit_past_running_pass"}},
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,10 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = build_server(settings, app)
     holder.append(server)
     server.run()
+    code = 0
     if refused:
         print(f"sentiment-server: refusing to serve: {refused[0]}", file=sys.stderr)
-        return EXIT_REFUSED
-    return 0
+        code = EXIT_REFUSED
+    if not passes_done_by_deadline(app.state.ctx.state):
+        exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

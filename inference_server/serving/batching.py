@@ -22,17 +22,25 @@ alone, the latency of one pass is what counts (a 120-token text: 46 ms on 2 thre
 collector's hop would cost extra trips through the event loop (~0.08 ms of the ~1.4 ms the server adds
 at concurrency 1, measured) for a batch that could only ever hold this one request. Whoever runs a
 forward pass holds ``_forward_lock``, so requests that arrive meanwhile still queue up and form the
-next batch.
+next batch. The lock is held until the work on the workers has ended, even when whoever awaited it has
+gone (cancelled, or answered by ``abandon``).
+
+Shutting down: ``stop`` refuses new work and finishes what is queued. When the shutdown's deadline is
+near, ``abandon`` fails every request still waiting (queued, in a planned batch, or awaiting a pass
+already running) with ``DrainingError``, which the app answers 503 ``draining`` rather than leaving
+them to be cancelled (a bare 500) when the grace runs out; a planned batch whose requests have all been
+answered or cancelled is skipped, not computed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -142,7 +150,14 @@ class MicroBatcher:
         self._announced = 0
         self._forward_lock = asyncio.Lock()  # held while a forward pass runs (collector or lone request)
         self._draining = False
+        self._abandoned = False
         self._task: asyncio.Task[None] | None = None
+        # Requests the collector has taken from the queue and not answered yet, and what lone passes and
+        # exclusive work are awaited through: `abandon` fails them all.
+        self._taken: list[_Item] = []
+        self._direct: set[asyncio.Future[Any]] = set()
+        self._busy = 0  # passes running on the workers, whoever awaits them (kept by the workers)
+        self._workers_idle = threading.Condition()
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -150,16 +165,68 @@ class MicroBatcher:
             self._task = asyncio.get_running_loop().create_task(self._collect(), name="micro-batcher")
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Refuse new work, finish what is queued or running, then stop the worker thread."""
+        """Refuse new work and finish what is queued or running, for at most ``timeout_s``; then whatever
+        still waits is failed with DrainingError (``abandon``). Never blocks the event loop: a pass that
+        is still running when time is up finishes on its worker, unanswered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout_s)
         self._draining = True
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+                await asyncio.wait_for(asyncio.shield(self._task), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                log.warning("micro-batcher did not drain within %.1fs; cancelling", timeout_s)
+                if failed := self.abandon():
+                    log.warning(
+                        "micro-batcher did not drain within %.2fs; %d waiting request(s) answered 503 "
+                        "draining",
+                        timeout_s,
+                        failed,
+                    )
                 self._task.cancel()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # A lone pass or exclusive work may still be running (the collector does not wait for those).
+        if self._forward_lock.locked():
+            try:
+                await asyncio.wait_for(self._forward_lock.acquire(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                self.abandon()
+            else:
+                self._forward_lock.release()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def abandon(self) -> int:
+        """Take no more work and fail every request still waiting on the batcher with DrainingError:
+        queued, taken into a planned batch, or awaiting a pass that is already running (which finishes
+        on its worker, its answer dropped). The number of requests so answered."""
+        self._draining = self._abandoned = True
+        self._wake.set()
+        waiting = [it.future for it in (*self._queue, *self._taken)] + list(self._direct)
+        self._queue.clear()
+        failed = 0
+        for future in waiting:
+            if not future.done():
+                future.set_exception(DrainingError("server is shutting down"))
+                failed += 1
+        return failed
+
+    def wait_for_workers(self, timeout_s: float) -> bool:
+        """Block (off the event loop: after it has closed) until no pass runs on the forward workers, for
+        at most ``timeout_s``; whether they are done. A pass cannot be interrupted, and the interpreter
+        joins the workers when it exits: ``sentiment-server`` uses this to exit without waiting for a
+        pass past the shutdown deadline."""
+        with self._workers_idle:
+            return self._workers_idle.wait_for(lambda: self._busy == 0, max(0.0, timeout_s))
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        with self._workers_idle:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._workers_idle:
+                self._busy -= 1
+                self._workers_idle.notify_all()
 
     @property
     def pending(self) -> int:
@@ -200,12 +267,47 @@ class MicroBatcher:
         it never competes with them."""
         if self._draining:
             raise DrainingError("server is shutting down")
-        async with self._forward_lock:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._exclusive, fn, args)
+        await self._forward_lock.acquire()
+        if self._abandoned:  # abandoned while this waited for its turn
+            self._forward_lock.release()
+            raise DrainingError("server is shutting down")
+        return await self._relay(self._start(self._exclusive, fn, args))
+
+    def _start(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """``fn(*args)`` on a forward worker; the caller holds ``_forward_lock``, released here if the
+        work cannot even be started (``_relay`` releases it otherwise)."""
+        try:
+            return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except BaseException:
+            self._forward_lock.release()
+            raise
+
+    def _relay(self, work: asyncio.Future[T]) -> asyncio.Future[T]:
+        """What the caller awaits for ``work`` it started on a worker while holding ``_forward_lock``:
+        the work's outcome, or DrainingError from ``abandon``. The lock is released when the work itself
+        ends, not when its waiter gives up, so that it covers everything running on the workers."""
+        waiter: asyncio.Future[T] = work.get_loop().create_future()
+        self._direct.add(waiter)
+
+        def settle(_: asyncio.Future[T]) -> None:
+            self._forward_lock.release()
+            self._direct.discard(waiter)
+            if work.cancelled():
+                waiter.cancel()
+            elif waiter.done():  # its request is gone or was answered: the outcome goes nowhere
+                work.exception()  # retrieved, so that asyncio does not report it as never retrieved
+            elif (error := work.exception()) is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(work.result())
+
+        work.add_done_callback(settle)
+        return waiter
 
     def _exclusive(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        self._use_threads(self.threads)
-        return fn(*args)
+        with self._working():
+            self._use_threads(self.threads)
+            return fn(*args)
 
     def _use_threads(self, threads: int) -> None:
         if self._set_threads is not None and getattr(self._thread_state, "threads", 0) != threads:
@@ -247,17 +349,23 @@ class MicroBatcher:
             async with self._forward_lock:
                 if self.wait_s > 0 and not self._draining:
                     await self._gather_companions()
-                items = list(self._queue)
+                items = [it for it in self._queue if not it.future.done()]  # cancelled: client went away
                 self._queue.clear()
-                items = [it for it in items if not it.future.done()]  # cancelled: client went away
+                self._taken = items
                 plan = plan_batches(
                     [len(it.ids) for it in items],
                     max_size=self.max_batch_size,
                     max_tokens=self.max_batch_tokens,
                 )
-                for indices in plan:
-                    batch = [items[i] for i in indices]
-                    await self._run(loop, batch)
+                try:
+                    for indices in plan:
+                        # Requests answered or cancelled while earlier batches ran (clients gone,
+                        # or `abandon` near the shutdown deadline) need no pass.
+                        batch = [items[i] for i in indices if not items[i].future.done()]
+                        if batch:
+                            await self._run(loop, batch)
+                finally:
+                    self._taken = []
 
     async def _forward(self, loop: asyncio.AbstractEventLoop, ids: list[list[int]]) -> Logits:
         """One batch (the caller holds ``_forward_lock``): a single pass on all threads, or slices side
@@ -284,15 +392,24 @@ class MicroBatcher:
         return done[0][0] if len(done) == 1 else np.concatenate([logits for logits, _ in done])
 
     def _timed(self, ids: list[list[int]], threads: int) -> tuple[Logits, float]:
-        self._use_threads(threads)
-        # Timed on the worker thread itself: the pass as the server ran it, without the hand-offs.
-        start = time.perf_counter()
-        logits = self._run_batch(ids)
-        return logits, time.perf_counter() - start
+        with self._working():
+            self._use_threads(threads)
+            # Timed on the worker thread itself: the pass as the server ran it, without the hand-offs.
+            start = time.perf_counter()
+            logits = self._run_batch(ids)
+            return logits, time.perf_counter() - start
 
     async def _run_alone(self, ids: list[int]) -> Logits:
-        async with self._forward_lock:  # free (checked by the caller): taken without yielding
-            return await self._forward(asyncio.get_running_loop(), [ids])
+        await self._forward_lock.acquire()  # free (checked by the caller): taken without yielding
+        try:
+            logits, seconds = await self._relay(self._start(self._timed, [ids], self.threads))
+        except Exception as exc:
+            if not isinstance(exc, DrainingError):
+                log.error("forward pass failed for a batch of 1", exc_info=exc)
+            raise
+        if self._on_batch is not None:
+            self._on_batch(1, len(ids), seconds)
+        return logits
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         try:

@@ -1,15 +1,28 @@
 """uvicorn, adapted for Kubernetes-style draining.
 
 On SIGTERM (or SIGINT) the server turns unready at once (/readyz → 503, ready gauge 0) so that load
-balancers stop sending new work; uvicorn stops accepting connections and lets the requests in flight
-finish (up to SHUTDOWN_GRACE_SECONDS); only then does the app's lifespan stop the micro-batcher, which
-first completes whatever is still queued. A completed drain exits 0.
+balancers stop sending new work, and the shutdown deadline starts: SHUTDOWN_GRACE_SECONDS from the
+signal, one budget for every step (``lifecycle.Deadline``). uvicorn stops accepting connections and lets
+the requests in flight finish; near the deadline, at the start of its tail, the requests still waiting on
+the micro-batcher are answered 503 ``draining`` (with Retry-After) instead of being cancelled; halfway
+through the tail uvicorn cancels whatever still runs; then the app's lifespan stops the micro-batcher and
+flushes spans with what is left. A completed drain exits 0.
+
+uvicorn's ``timeout_graceful_shutdown`` is annotated ``int`` but passed straight to ``asyncio.wait_for``,
+so fractions of a second are honoured; it is set when shutdown begins, to what is left of the deadline
+less uvicorn's own pause (0.1 s, after it asks the connections to close). What the deadline cannot bound:
+that pause and the up to 0.1 s before uvicorn notices the signal, so a grace under 0.2 s ends up to that
+much late; and a forward pass already running on a worker thread, which cannot be interrupted: the
+process exits once it ends (its answer dropped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -17,24 +30,56 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from inference_server.serving.lifecycle import Phase
+from inference_server.serving.lifecycle import Deadline
 from inference_server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+# uvicorn's Server.shutdown sleeps this long after asking the connections to close, before it starts
+# waiting (up to timeout_graceful_shutdown) for the requests in flight.
+UVICORN_CLOSE_PAUSE_S = 0.1
+# At least this long for uvicorn's wait, so that it looks once: with no request left it then returns at
+# once instead of logging that it cancels zero tasks.
+MIN_GRACEFUL_WAIT_S = 0.01
 
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self._ctx = app.state.ctx
+        self.grace_s: float = self._ctx.settings.shutdown_grace_seconds
 
-    def begin_drain(self) -> None:
-        state = self._ctx.state
-        if state.phase is not Phase.FAILED:
-            state.phase = Phase.DRAINING
+    def begin_drain(self) -> Deadline:
+        """Unready at once; the first call (the signal) starts the shutdown deadline."""
+        deadline: Deadline = self._ctx.state.begin_drain(self.grace_s)
         self._ctx.metrics.set_ready(False)
+        return deadline
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.begin_drain()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The signal's deadline; a shutdown without one (on_fatal, tests) starts it now.
+        deadline = self.begin_drain()
+        loop = asyncio.get_running_loop()
+        abandoning = loop.call_later(deadline.until_abandon(), self._abandon_waiting)
+        wait_s = max(MIN_GRACEFUL_WAIT_S, deadline.until_cancel() - UVICORN_CLOSE_PAUSE_S)
+        self.config.timeout_graceful_shutdown = wait_s  # type: ignore[assignment]  # float seconds: see above
+        try:
+            await super().shutdown(sockets)
+        finally:
+            abandoning.cancel()
+
+    def _abandon_waiting(self) -> None:
+        engine = self._ctx.state.engine
+        failed = engine.batcher.abandon() if engine is not None else 0
+        if failed:
+            log.warning(
+                "shutdown grace nearly over: %d request(s) still waiting for a forward pass answered 503 "
+                "draining",
+                failed,
+                extra={"fields": {"event": "drain_abandoned", "requests": failed}},
+            )
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -62,7 +107,7 @@ def build_server(settings: ServerSettings, app: FastAPI, *, port: int | None = N
         # need to rewrite it from X-Forwarded-* headers that any client can send.
         proxy_headers=False,
         server_header=False,  # no need to advertise the server software
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
+        # timeout_graceful_shutdown is set when shutdown begins, from the deadline (DrainingServer).
         lifespan="on",
     )
     return DrainingServer(config, app)

@@ -3,18 +3,29 @@
 The phase is what /readyz reports. Loading runs in a background task so that /healthz answers while
 a large model loads; a model that must not be served (sha256 mismatch, unloadable directory, invalid
 calibration file) puts the server in FAILED and calls ``on_fatal``, which makes ``sentiment-server``
-exit non-zero rather than linger unready.
+exit non-zero rather than linger unready. The load runs on a daemon thread of its own: a SIGTERM during
+loading abandons it, and the process exits without waiting for it.
+
+Shutdown has one deadline, SHUTDOWN_GRACE_SECONDS from the moment it begins (SIGTERM: see
+serving/drain.py), which every step shares (``Deadline``): requests in flight may run until its last
+part, the tail (a quarter of the grace, at most a second); at the tail's start the requests still
+waiting on the micro-batcher are answered 503 ``draining``; halfway through it uvicorn cancels whatever
+is still running; the lifespan's batcher drain and span flush get what is left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from inference_server.contract import Env, Span
 from inference_server.feedback.recent import RecentPredictions
@@ -29,6 +40,10 @@ from inference_server.serving.engine import InferenceEngine
 from inference_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# The end of the grace kept back from requests in flight (see the module docstring).
+SHUTDOWN_TAIL_FRACTION = 0.25
+SHUTDOWN_TAIL_MAX_S = 1.0
 
 
 class Phase(StrEnum):
@@ -40,6 +55,36 @@ class Phase(StrEnum):
     DRAINING = "draining"
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """The one shutdown deadline, ``at`` on the monotonic clock (asyncio's loop clock too), ``grace_s``
+    after shutdown began."""
+
+    at: float
+    grace_s: float
+
+    @classmethod
+    def after(cls, grace_s: float) -> Deadline:
+        grace_s = max(0.0, grace_s)
+        return cls(time.monotonic() + grace_s, grace_s)
+
+    @property
+    def tail_s(self) -> float:
+        return min(SHUTDOWN_TAIL_MAX_S, SHUTDOWN_TAIL_FRACTION * self.grace_s)
+
+    def remaining(self, *, before_s: float = 0.0) -> float:
+        """Seconds from now until ``before_s`` ahead of the deadline (never negative)."""
+        return max(0.0, self.at - before_s - time.monotonic())
+
+    def until_abandon(self) -> float:
+        """Until requests still waiting on the micro-batcher are answered 503 ``draining``."""
+        return self.remaining(before_s=self.tail_s)
+
+    def until_cancel(self) -> float:
+        """Until uvicorn cancels the requests still running (each then a bare 500)."""
+        return self.remaining(before_s=self.tail_s / 2)
+
+
 @dataclass
 class ServerState:
     phase: Phase = Phase.STARTING
@@ -49,10 +94,52 @@ class ServerState:
     explain_model: LoadedModel | None = None  # fp32 weights for saliency (also when serving INT8)
     torch_threads: int = 0
     in_flight: int = 0  # HTTP requests being handled (RequestMetrics keeps it)
+    shutdown_deadline: Deadline | None = None  # set once, when shutdown begins
 
     @property
     def ready(self) -> bool:
         return self.phase is Phase.READY
+
+    def begin_drain(self, grace_s: float) -> Deadline:
+        """Unready at once (DRAINING, unless FAILED); the first call starts the shutdown deadline, later
+        ones (a second signal, the lifespan's end) keep it."""
+        if self.phase is not Phase.FAILED:
+            self.phase = Phase.DRAINING
+        if self.shutdown_deadline is None:
+            self.shutdown_deadline = Deadline.after(grace_s)
+        return self.shutdown_deadline
+
+
+def in_daemon_thread(fn: Callable[..., T], *args: Any, name: str) -> asyncio.Future[T]:
+    """``fn(*args)`` (blocking) on a daemon thread of its own, its outcome delivered to the running loop.
+
+    Unlike ``asyncio.to_thread`` (an executor thread, joined when the loop closes and again when the
+    interpreter exits), a caller that stops waiting, cancelled by a shutdown or timed out, leaves
+    nothing the process must wait for before it exits."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def deliver(result: Any, error: BaseException | None) -> None:
+        if future.done():  # nobody waits any more
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = context.run(fn, *args)
+        except BaseException as exc:  # delivered to the waiter, whatever it is
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the process is on its way out
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return future
 
 
 @dataclass(frozen=True)
@@ -131,7 +218,9 @@ async def bring_up(
             span.set_attribute("model.quantized", settings.enable_quantized_model)
             if settings.enable_quantized_model:
                 span.set_attribute("model.int8_backend", settings.int8_backend)
-            loaded = await asyncio.to_thread(load_everything, settings)
+            # A daemon thread: a shutdown during loading abandons it (the cancelled await returns at once)
+            # and the process exits without waiting for the load to finish.
+            loaded = await in_daemon_thread(load_everything, settings, name="model-load")
         state.torch_threads = loaded.threads
         state.explain_model = loaded.fp32 if settings.enable_explainability else None
         engine = InferenceEngine(
@@ -183,7 +272,8 @@ async def bring_up(
 
 
 async def drain(state: ServerState, metrics: ServerMetrics, *, timeout_s: float) -> None:
-    """Stop taking inference work (readyz → 503), finish what is queued, stop the worker thread."""
+    """Stop taking inference work (readyz → 503), finish what is queued within ``timeout_s`` (then answer
+    what still waits 503 ``draining``), stop the worker threads."""
     if state.phase is not Phase.FAILED:
         state.phase = Phase.DRAINING
     metrics.set_ready(False)

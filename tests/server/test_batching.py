@@ -329,3 +329,68 @@ async def test_a_batch_waiting_on_an_exclusive_pass_runs_before_the_next_one() -
     await asyncio.wait_for(asyncio.gather(explaining, request), 30)
     assert order == ["pass 1", "batch", "pass 2"]
     await batcher.stop()
+
+
+async def test_abandon_answers_every_waiting_request_draining_and_runs_nothing_more() -> None:
+    """Near the shutdown deadline every request still waiting on the batcher (a lone pass running, queued
+    ones, an exclusive pass waiting for its turn) gets DrainingError (503 `draining`) at once, without
+    waiting for the pass in progress; nothing more is computed for them."""
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=1, wait_ms=0)
+    batcher.start()
+    lone = asyncio.create_task(batcher.submit([1]))
+    await _until(model.entered)
+    queued = [asyncio.create_task(batcher.submit([i, i])) for i in (2, 3)]
+    many = asyncio.create_task(batcher.submit_many([[4], [5, 5]]))
+    exclusive = asyncio.create_task(batcher.run_exclusive(lambda: "saliency"))
+    await asyncio.sleep(0.05)  # all of them waiting: the pass holds the forward lock
+    assert batcher.abandon() == 1 + 2 + 2  # the lone request, two queued, the batch's two items
+    for task in (lone, *queued, many):
+        with pytest.raises(DrainingError):
+            await asyncio.wait_for(task, 30)  # answered while the pass still runs
+    assert not model.gate.is_set()
+    with pytest.raises(DrainingError):
+        await batcher.submit([6])
+    model.gate.set()
+    with pytest.raises(DrainingError):  # it got its turn after the abandon: refused, not run
+        await asyncio.wait_for(exclusive, 30)
+    await asyncio.wait_for(batcher.stop(), 30)
+    assert model.batches == [[[1]]]  # only the pass that was already running
+
+
+async def test_a_planned_batch_whose_requests_are_all_gone_is_skipped() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=1, wait_ms=0)
+    batcher.start()
+    ticket = batcher.ticket()  # an announced request: these queue, and form one plan of three batches
+    first, *later = [asyncio.create_task(batcher.submit([i] * i)) for i in (1, 2, 3)]
+    await _until(model.entered)  # the plan's first batch is running
+    for task in later:  # their clients go away while it runs
+        task.cancel()
+    model.gate.set()
+    assert (await asyncio.wait_for(first, 30)).tolist() == [1, 1]
+    ticket.release()
+    await asyncio.wait_for(batcher.stop(), 30)
+    assert model.batches == [[[1]]]  # no pass for the cancelled ones
+
+
+async def test_stop_past_its_timeout_answers_the_waiting_and_leaves_the_running_pass() -> None:
+    """stop's timeout is what is left of the shutdown grace: once it is spent, whoever still waits gets
+    DrainingError, and stop returns without blocking the event loop on the pass in progress, which
+    ``wait_for_workers`` (used by sentiment-server before it exits) reports until it ends."""
+    model = GatedModel()
+    batcher = MicroBatcher(model, wait_ms=0)
+    batcher.start()
+    lone = asyncio.create_task(batcher.submit([7]))
+    await _until(model.entered)
+    queued = asyncio.create_task(batcher.submit([8]))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(batcher.stop(timeout_s=0.05), 30)
+    assert not model.gate.is_set()
+    for task in (lone, queued):
+        with pytest.raises(DrainingError):
+            await asyncio.wait_for(task, 30)
+    assert not batcher.wait_for_workers(0.0)  # the pass is still running on its worker
+    model.gate.set()
+    assert await asyncio.to_thread(batcher.wait_for_workers, 30)
+    assert model.batches == [[[7]]]
