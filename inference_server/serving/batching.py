@@ -267,17 +267,27 @@ class MicroBatcher:
         it never competes with them."""
         if self._draining:
             raise DrainingError("server is shutting down")
+        await self._take_turn()
+        return await self._relay(self._start(self._exclusive, fn, args))
+
+    async def _take_turn(self) -> None:
+        """Acquire ``_forward_lock`` for a lone pass or exclusive work, or DrainingError when the batcher
+        was abandoned meanwhile. A caller still waiting for the lock when ``abandon`` runs is answered
+        once the pass ahead of it ends (a lone pass or one pass of /explain: well inside the shutdown's
+        tail), not by ``abandon`` itself."""
         await self._forward_lock.acquire()
-        if self._abandoned:  # abandoned while this waited for its turn
+        if self._abandoned:
             self._forward_lock.release()
             raise DrainingError("server is shutting down")
-        return await self._relay(self._start(self._exclusive, fn, args))
 
     def _start(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """``fn(*args)`` on a forward worker; the caller holds ``_forward_lock``, released here if the
         work cannot even be started (``_relay`` releases it otherwise)."""
         try:
             return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except RuntimeError as exc:  # the executor was shut down: the batcher has stopped
+            self._forward_lock.release()
+            raise DrainingError("server is shutting down") from exc
         except BaseException:
             self._forward_lock.release()
             raise
@@ -292,10 +302,13 @@ class MicroBatcher:
         def settle(_: asyncio.Future[T]) -> None:
             self._forward_lock.release()
             self._direct.discard(waiter)
-            if work.cancelled():
-                waiter.cancel()
-            elif waiter.done():  # its request is gone or was answered: the outcome goes nowhere
-                work.exception()  # retrieved, so that asyncio does not report it as never retrieved
+            if waiter.done():  # its request is gone or was answered: the outcome goes nowhere
+                if not work.cancelled():
+                    work.exception()  # retrieved, so that asyncio does not report it as never retrieved
+            elif work.cancelled():  # never started: the executor shut down with it queued
+                # DrainingError, not a cancellation: the request's task was not cancelled, and a
+                # CancelledError out of it would reach the client as the server's bare 500.
+                waiter.set_exception(DrainingError("server is shutting down"))
             elif (error := work.exception()) is not None:
                 waiter.set_exception(error)
             else:
@@ -400,7 +413,7 @@ class MicroBatcher:
             return logits, time.perf_counter() - start
 
     async def _run_alone(self, ids: list[int]) -> Logits:
-        await self._forward_lock.acquire()  # free (checked by the caller): taken without yielding
+        await self._take_turn()  # free (checked by the caller): taken without yielding, nearly always
         try:
             logits, seconds = await self._relay(self._start(self._timed, [ids], self.threads))
         except Exception as exc:

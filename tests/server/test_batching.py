@@ -394,3 +394,26 @@ async def test_stop_past_its_timeout_answers_the_waiting_and_leaves_the_running_
     model.gate.set()
     assert await asyncio.to_thread(batcher.wait_for_workers, 30)
     assert model.batches == [[[7]]]
+
+
+async def test_work_that_can_no_longer_start_is_draining_not_a_cancellation() -> None:
+    """Once the workers are shut down, exclusive work (and a lone pass) is refused with DrainingError
+    (503 `draining`): a RuntimeError or a CancelledError out of the request would be the bare 500."""
+    batcher = MicroBatcher(FakeModel(), wait_ms=0)
+    batcher.start()
+    batcher._executor.shutdown(wait=True)  # as stop() leaves it
+    with pytest.raises(DrainingError):
+        await batcher.run_exclusive(lambda: "saliency")
+    with pytest.raises(DrainingError):
+        await batcher.submit([1])  # idle: the lone path
+    assert not batcher._forward_lock.locked()  # released on the way out
+    # Work queued on the workers and cancelled before it started becomes DrainingError too.
+    loop = asyncio.get_running_loop()
+    never_started: asyncio.Future[int] = loop.create_future()
+    await batcher._forward_lock.acquire()
+    waiter = batcher._relay(never_started)
+    never_started.cancel()
+    with pytest.raises(DrainingError):
+        await waiter
+    assert not batcher._forward_lock.locked()
+    await batcher.stop()
