@@ -58,9 +58,13 @@ class FeedbackStore:
             if str(path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise FeedbackStoreError(f"cannot open the feedback database {path}: {exc}") from exc
+        try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
+            self._conn.close()
             raise FeedbackStoreError(f"cannot open the feedback database {path}: {exc}") from exc
         self._lock = threading.Lock()
 

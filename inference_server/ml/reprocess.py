@@ -109,10 +109,6 @@ def resolve_shard(shard: int | None, shards: int | None, env: Mapping[str, str])
     return check_shard(index, count)
 
 
-def shard_from_env(env: Mapping[str, str]) -> tuple[int, int]:
-    return resolve_shard(None, None, env)
-
-
 def check_shard(index: int, count: int) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise ReprocessError(f"shard index {index} is not within 0..{count - 1} ({count} shards)")

@@ -27,7 +27,12 @@ from inference_server.runtime.model import (
     thread_setter,
 )
 from inference_server.serving.batching import MicroBatcher
-from inference_server.serving.validation import check_token_count, normalise_text, precheck_length
+from inference_server.serving.validation import (
+    beyond_ordinary_length,
+    check_token_count,
+    normalise_text,
+    precheck_length,
+)
 
 
 @dataclass(frozen=True)
@@ -68,18 +73,6 @@ def softmax_row(logits: np.ndarray, temperature: float) -> list[float]:
     z = logits.astype(np.float64) / temperature
     e = np.exp(z - z.max())
     return (e / e.sum()).tolist()  # type: ignore[no-any-return]
-
-
-def offloads_encoding(text: str, max_tokens: int) -> bool:
-    """Whether tokenizing ``text`` belongs on a thread rather than the event loop.
-
-    The word pre-check (serving/validation.py) cannot see texts without spaces, such as punctuation or
-    CJK runs: a body of them under the size limit is a quarter of a million tokens, about half a second
-    of tokenizing (~2 µs a character). Only texts longer than 4 characters per token of MAX_TOKENS pay
-    the thread hop (~0.1 ms): the forward pass of a text that long dwarfs it, and the event loop keeps
-    serving while the rest are counted and refused.
-    """
-    return len(text) > 4 * max_tokens
 
 
 class InferenceEngine:
@@ -127,12 +120,15 @@ class InferenceEngine:
     async def prepare(
         self, text: str, request_id: str | None, *, endpoint: str, field: str = "text"
     ) -> Prepared:
-        """Validate and encode one text: on the event loop (microseconds) for an ordinary text; a text
-        too long to be one is tokenized on a thread (see `offloads_encoding`)."""
+        """Validate and encode one text: on the event loop (microseconds) for an ordinary text; one
+        longer than any ordinary text of MAX_TOKENS tokens on a thread."""
         with self.tracer.start_as_current_span(Span.PREPROCESS):
             clean = normalise_text(text, field=field)
             precheck_length(clean, self.model.max_tokens, field=field)
-            if offloads_encoding(clean, self.model.max_tokens):
+            if beyond_ordinary_length(clean, self.model.max_tokens):
+                # Tokenizing costs ~2 µs a character: a 256 KiB body of punctuation or CJK (no spaces
+                # for the pre-check to count) would hold the event loop for half a second. The thread
+                # hop (~0.1 ms) is nothing next to the forward pass of a text this long.
                 ids = await asyncio.to_thread(self._encode, clean)
             else:
                 ids = self._encode(clean)

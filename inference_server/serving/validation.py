@@ -49,14 +49,21 @@ def normalise_text(text: str, *, field: str = "text") -> str:
     return text
 
 
+def beyond_ordinary_length(text: str, max_tokens: int) -> bool:
+    """Longer than 4 characters per token of MAX_TOKENS (1024 characters at the default): where the
+    word pre-check below starts to look, and where tokenizing moves off the event loop
+    (serving/engine.py). Most texts the server sees are far shorter."""
+    return len(text) > 4 * max_tokens
+
+
 def precheck_length(text: str, max_tokens: int, *, field: str = "text") -> None:
     """Reject (413) a text that cannot fit before tokenizing it, so a huge body of words never ties up
-    the event loop (one without spaces is tokenized on a thread: serving/engine.offloads_encoding):
+    the event loop (one without spaces is tokenized on a thread: serving/engine.py):
     every whitespace-separated word is at least one token, so more than twice MAX_TOKENS words is
     certainly too long (the factor leaves room for tokenizers that drop characters). Words need a
     separator between them, so a text of at most 4·MAX_TOKENS characters cannot hold that many: the
     split (which copies every word) is skipped for all ordinary texts."""
-    if len(text) > 4 * max_tokens and len(text.split(maxsplit=2 * max_tokens)) > 2 * max_tokens:
+    if beyond_ordinary_length(text, max_tokens) and len(text.split(maxsplit=2 * max_tokens)) > 2 * max_tokens:
         raise InputProblem(
             413,
             "too_many_tokens",

@@ -83,12 +83,12 @@ def test_shards_partition_the_ids_exactly() -> None:
 
 
 def test_shard_from_the_indexed_job_environment() -> None:
-    assert RP.shard_from_env({}) == (0, 1)
-    assert RP.shard_from_env({Env.JOB_COMPLETION_INDEX: "2", Env.JOB_COMPLETIONS: "3"}) == (2, 3)
+    assert RP.resolve_shard(None, None, {}) == (0, 1)
+    assert RP.resolve_shard(None, None, {Env.JOB_COMPLETION_INDEX: "2", Env.JOB_COMPLETIONS: "3"}) == (2, 3)
     with pytest.raises(RP.ReprocessError, match=r"not within 0\.\.2"):
-        RP.shard_from_env({Env.JOB_COMPLETION_INDEX: "3", Env.JOB_COMPLETIONS: "3"})
+        RP.resolve_shard(None, None, {Env.JOB_COMPLETION_INDEX: "3", Env.JOB_COMPLETIONS: "3"})
     with pytest.raises(RP.ReprocessError, match="must be integers"):
-        RP.shard_from_env({Env.JOB_COMPLETION_INDEX: "x"})
+        RP.resolve_shard(None, None, {Env.JOB_COMPLETION_INDEX: "x"})
 
 
 def test_sqlite_urls_and_identifiers() -> None:
@@ -510,7 +510,7 @@ def test_job_completion_index_without_job_completions_is_refused(
     # Kubernetes sets only the index; defaulting the count to 1 made index 0 take every id.
     for index in ("0", "2"):
         with pytest.raises(RP.ReprocessError, match=f"{Env.JOB_COMPLETIONS} is not"):
-            RP.shard_from_env({Env.JOB_COMPLETION_INDEX: index})
+            RP.resolve_shard(None, None, {Env.JOB_COMPLETION_INDEX: index})
     assert RP.resolve_shard(None, 3, {Env.JOB_COMPLETION_INDEX: "2"}) == (2, 3)  # --shards supplies it
     assert RP.resolve_shard(1, 2, {}) == (1, 2)
     src = tmp_path / "in.jsonl"
