@@ -137,10 +137,11 @@ def metrics_document(
         "model": {**model, "calibrated": temperature is not None, "temperature": temperature},
         "dataset": dataset.to_dict(),
         "labels": list(labels),
-        **M.classification_metrics(probs, y_true, labels),
-        # From the logits, as `uncalibrated.nll` and the calibration report compute it: the
-        # probabilities' 1e-12 floor would cap a confidently wrong row's loss and make the two disagree.
-        "nll": M.nll_from_logits(logits, y_true, temperature or 1.0),
+        # nll from the logits, as `uncalibrated.nll` and the calibration report compute it: the
+        # probabilities' 1e-12 floor would cap a confidently wrong row's loss and make them disagree.
+        **M.classification_metrics(
+            probs, y_true, labels, nll=M.nll_from_logits(logits, y_true, temperature or 1.0)
+        ),
         "latency_ms": {"batch_size": batch_size, **M.latency_summary(latencies_ms)},
     }
     if temperature is not None:

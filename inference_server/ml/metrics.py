@@ -160,9 +160,16 @@ def latency_summary(samples_ms: Sequence[float]) -> dict[str, float]:
 
 
 def classification_metrics(
-    probs: npt.ArrayLike, y_true: npt.ArrayLike, labels: Sequence[str], *, n_bins: int = DEFAULT_ECE_BINS
+    probs: npt.ArrayLike,
+    y_true: npt.ArrayLike,
+    labels: Sequence[str],
+    *,
+    n_bins: int = DEFAULT_ECE_BINS,
+    nll: float | None = None,
 ) -> dict[str, Any]:
-    """Every quality figure metrics.json carries, from class probabilities and true indices."""
+    """Every quality figure metrics.json carries, from class probabilities and true indices. ``nll``:
+    computed by the caller from logits (`nll_from_logits`) when it has them; from the probabilities,
+    floored at 1e-12, otherwise (lexicon baselines have no logits)."""
     p = np.asarray(probs, dtype=np.float64)
     t = _as_int(y_true)
     if p.ndim != 2 or p.shape[0] != t.size or p.shape[1] != len(labels):
@@ -178,7 +185,7 @@ def classification_metrics(
         "macro_f1_ci95": list(macro_f1_interval(t, pred, len(labels))),
         "accuracy": accuracy(t, pred),
         "ece": expected_calibration_error(p, t, n_bins),
-        "nll": nll_from_probabilities(p, t),
+        "nll": nll if nll is not None else nll_from_probabilities(p, t),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
         "ece_bins": n_bins,
