@@ -92,16 +92,13 @@ async def _draining(_: Request, exc: Exception) -> Response:
     )
 
 
-async def _http(_: Request, exc: Exception) -> Response:
+async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
-        return error_response(
-            422,
-            "invalid_request",
-            "body: body is not valid JSON (nested too deeply, or a number too long to read)",
-            field="body",
-            details=[{"field": "body", "message": "body is not valid JSON", "type": "json_invalid"}],
-        )
+        # FastAPI's routes and the fast path (api/fastpath.py, which mirrors FastAPI) both raise this;
+        # answered here, once, as the malformed JSON it is.
+        unreadable = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}
+        return await _validation(request, RequestValidationError([unreadable]))
     code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     detail = exc.detail if isinstance(exc.detail, str) else code
     return error_response(exc.status_code, code, detail, headers=exc.headers)
