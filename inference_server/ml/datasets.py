@@ -363,9 +363,13 @@ def _split_info(manifest: Mapping[str, Any], name: str, split: str) -> Mapping[s
     return info
 
 
-def read_split_bytes(root: Path, name: str, split: str) -> tuple[bytes, Mapping[str, Any]]:
-    """The split's bytes, checked against the manifest's sha256 (DatasetError on mismatch)."""
-    manifest = load_manifest(root, name)
+def read_split_bytes(
+    root: Path, name: str, split: str, manifest: Mapping[str, Any] | None = None
+) -> tuple[bytes, Mapping[str, Any]]:
+    """The split's bytes, checked against the manifest's sha256 (DatasetError on mismatch). Pass the
+    manifest when it is already loaded and checked."""
+    if manifest is None:
+        manifest = load_manifest(root, name)
     info = _split_info(manifest, name, split)
     path = root / name / str(info.get("file", f"{split}.jsonl"))
     try:
@@ -391,7 +395,13 @@ def dataset_sha256(root: Path, name: str) -> str:
     """The dataset's hash (over all split hashes), after checking every split file against it."""
     manifest = load_manifest(root, name)
     for split in manifest["splits"]:
-        read_split_bytes(root, name, split)
+        read_split_bytes(root, name, split, manifest)
+    return manifest_dataset_sha256(manifest, root, name)
+
+
+def manifest_dataset_sha256(manifest: Mapping[str, Any], root: Path, name: str) -> str:
+    """The manifest's dataset hash, checked against the split hashes it is computed from (the files
+    themselves are checked when each split is read)."""
     expected = combined_sha256({s: i["sha256"] for s, i in manifest["splits"].items()})
     if expected != manifest["sha256"]:
         raise DatasetError(
@@ -400,11 +410,6 @@ def dataset_sha256(root: Path, name: str) -> str:
             "(`sentiment-ml datasets --force`) or restore the original"
         )
     return str(manifest["sha256"])
-
-
-def split_sha256(root: Path, name: str, split: str) -> str:
-    _, info = read_split_bytes(root, name, split)
-    return str(info["sha256"])
 
 
 def ensure_datasets(

@@ -45,10 +45,11 @@ from inference_server.ml.common import (
 from inference_server.ml.compare import metrics_problems
 from inference_server.ml.datasets import (
     Example,
-    dataset_sha256,
+    decode_jsonl,
     default_data_root,
-    load_split,
-    split_sha256,
+    load_manifest,
+    manifest_dataset_sha256,
+    read_split_bytes,
 )
 
 if TYPE_CHECKING:
@@ -80,11 +81,13 @@ class DatasetRef:
 def load_dataset_split(root: Path, name: str, split: str) -> tuple[list[Example], DatasetRef]:
     """Examples of a split and the reference that metrics.json records, both hash-checked: the split
     file against its manifest entry, and the dataset sha256 (recorded, and compared by the registry)
-    against the split hashes it is computed from — copying it unchecked once recorded a zeroed hash."""
-    dataset_sha = dataset_sha256(root, name)
-    examples = load_split(root, name, split)
-    ref = DatasetRef(name, split, split_sha256(root, name, split), dataset_sha, len(examples))
-    return examples, ref
+    against the split hashes it is computed from — copying it unchecked once recorded a zeroed hash.
+    One read of the manifest and of the split file."""
+    manifest = load_manifest(root, name)
+    dataset_sha = manifest_dataset_sha256(manifest, root, name)
+    data, info = read_split_bytes(root, name, split, manifest)
+    examples = decode_jsonl(data, str(root / name / f"{split}.jsonl"))
+    return examples, DatasetRef(name, split, str(info["sha256"]), dataset_sha, len(examples))
 
 
 def label_indices(model_labels: Sequence[str], examples: Sequence[Example]) -> npt.NDArray[np.int64]:
