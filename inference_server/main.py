@@ -16,9 +16,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from inference_server.contract import Env
+
+if TYPE_CHECKING:
+    from inference_server.serving.lifecycle import ServerState
 
 EXIT_CONFIG = 2
 EXIT_REFUSED = 1
@@ -34,13 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
-def passes_done_by_deadline(state: Any) -> bool:
+def passes_done_by_deadline(state: ServerState) -> bool:
     """Wait, until the shutdown deadline, for a forward pass still running on a worker thread (the
     interpreter would join the workers at exit, for as long as the pass takes); whether none is left."""
     deadline = state.shutdown_deadline
     if state.engine is None or deadline is None:
         return True
-    return bool(state.engine.batcher.wait_for_workers(deadline.remaining()))
+    return state.engine.batcher.wait_for_workers(deadline.remaining())
 
 
 def exit_now(code: int) -> NoReturn:

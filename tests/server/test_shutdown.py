@@ -218,13 +218,28 @@ async def test_the_final_span_flush_ends_with_the_grace(
 
 
 def test_the_otlp_exporter_gives_up_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter is built with a short timeout (the SDK's default: 10 s of retries a batch), and the
+    provider without the SDK's second, unbounded flush at interpreter exit."""
+    import opentelemetry.exporter.otlp.proto.http.trace_exporter as otlp
+    import opentelemetry.sdk.trace as sdk
+
     for name in ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
+    built: dict[str, dict[str, Any]] = {}
+
+    def recording(cls: Any, key: str) -> Any:
+        def make(*args: Any, **kwargs: Any) -> Any:
+            built[key] = kwargs
+            return cls(*args, **kwargs)
+
+        return make
+
+    monkeypatch.setattr(otlp, "OTLPSpanExporter", recording(otlp.OTLPSpanExporter, "exporter"))
+    monkeypatch.setattr(sdk, "TracerProvider", recording(sdk.TracerProvider, "provider"))
     provider = tracing.build_tracer_provider("http://127.0.0.1:9", model_version="v")
     try:
-        exporter = provider._active_span_processor._span_processors[0].span_exporter
-        assert exporter._client._timeout == tracing.EXPORT_TIMEOUT_S <= 2.0  # the SDK's default: 10 s
-        assert provider._atexit_handler is None  # no second, unbounded flush at interpreter exit
+        assert built["exporter"]["timeout"] == tracing.EXPORT_TIMEOUT_S <= 2.0
+        assert built["provider"]["shutdown_on_exit"] is False
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "7")  # an operator's choice is kept
         assert tracing.export_timeout_s() is None
     finally:
