@@ -272,10 +272,8 @@ async def bring_up(
 
 
 async def drain(state: ServerState, metrics: ServerMetrics, *, timeout_s: float) -> None:
-    """Stop taking inference work (readyz → 503), finish what is queued within ``timeout_s`` (then answer
-    what still waits 503 ``draining``), stop the worker threads."""
-    if state.phase is not Phase.FAILED:
-        state.phase = Phase.DRAINING
+    """After ``state.begin_drain`` (readyz → 503): finish what is queued within ``timeout_s`` (then
+    answer what still waits 503 ``draining``), stop the worker threads."""
     metrics.set_ready(False)
     if state.engine is not None:
         await state.engine.batcher.stop(timeout_s)
