@@ -191,18 +191,21 @@ def test_buckets_that_differ_from_the_contract_are_an_error() -> None:
 
 
 # --- the shell: Prometheus over HTTP, files, exit codes ---------------------------------------------
-@pytest.fixture
-def fake_prometheus() -> Iterator[str]:
-    """A loopback HTTP server answering /api/v1/query with the recorded answer for that query."""
-    by_query = {v["query"]: v["response"] for v in RECORDED.values()}
+EMPTY_VECTOR = {"status": "success", "data": {"resultType": "vector", "result": []}}
+
+
+@contextlib.contextmanager
+def serving(answer_for: Callable[[str], Any]) -> Iterator[str]:
+    """A loopback 'Prometheus' whose answer (any JSON) is computed from the query; an answer with
+    status "error" comes with HTTP 400, as Prometheus sends it."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            url = urllib.parse.urlparse(self.path)
-            query = urllib.parse.parse_qs(url.query).get("query", [""])[0]
-            body = by_query.get(query, {"status": "success", "data": {"resultType": "vector", "result": []}})
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("query", [""])[0]
+            body = answer_for(query)
             data = json.dumps(body).encode()
-            self.send_response(200 if body.get("status") == "success" else 400)
+            failed = isinstance(body, dict) and body.get("status") == "error"
+            self.send_response(400 if failed else 200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(data)
@@ -211,10 +214,19 @@ def fake_prometheus() -> Iterator[str]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def fake_prometheus() -> Iterator[str]:
+    """Answers /api/v1/query with the recorded answer for that query (an empty vector otherwise)."""
+    by_query = {v["query"]: v["response"] for v in RECORDED.values()}
+    with serving(lambda query: by_query.get(query, EMPTY_VECTOR)) as url:
+        yield url
 
 
 def test_window_from_prometheus_over_http(fake_prometheus: str) -> None:
@@ -324,33 +336,6 @@ def test_cli_scores_two_text_files_with_a_model(tmp_path: Path, tiny_model_dir: 
 
 
 # --- audit regressions: errors are never exit 1 (drift), DRIFT_THRESHOLD, the documented figures ------
-@contextlib.contextmanager
-def serving(answer_for: Callable[[str], Any]) -> Iterator[str]:
-    """A loopback 'Prometheus' whose answer (any JSON) is computed from the query."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("query", [""])[0]
-            data = json.dumps(answer_for(query)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-
-
-EMPTY_VECTOR = {"status": "success", "data": {"resultType": "vector", "result": []}}
-
-
 def test_histogram_without_label_counts_is_no_data_not_drift(tmp_path: Path) -> None:
     ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
     # The confidence histogram has data, the predictions counter has none (a scrape gap or reset).

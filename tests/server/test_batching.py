@@ -190,7 +190,10 @@ async def test_requests_arriving_during_a_lone_pass_share_the_next_one() -> None
     await batcher.stop()
 
 
-async def test_stop_during_a_lone_pass_finishes_it_and_the_queue() -> None:
+async def _lone_pass_running_and_one_queued() -> tuple[
+    GatedModel, MicroBatcher, asyncio.Task[np.ndarray], asyncio.Task[np.ndarray]
+]:
+    """A lone request's pass held on the model's gate, and a second request queued behind it."""
     model = GatedModel()
     batcher = MicroBatcher(model, wait_ms=0)
     batcher.start()
@@ -198,6 +201,11 @@ async def test_stop_during_a_lone_pass_finishes_it_and_the_queue() -> None:
     await _until(model.entered)
     queued = asyncio.create_task(batcher.submit([8]))
     await asyncio.sleep(0)
+    return model, batcher, lone, queued
+
+
+async def test_stop_during_a_lone_pass_finishes_it_and_the_queue() -> None:
+    model, batcher, lone, queued = await _lone_pass_running_and_one_queued()
     stopping = asyncio.create_task(batcher.stop())
     await asyncio.sleep(0.05)
     assert not stopping.done()  # still draining: a pass is running and one request waits
@@ -378,13 +386,7 @@ async def test_stop_past_its_timeout_answers_the_waiting_and_leaves_the_running_
     """stop's timeout is what is left of the shutdown grace: once it is spent, whoever still waits gets
     DrainingError, and stop returns without blocking the event loop on the pass in progress, which
     ``wait_for_workers`` (used by sentiment-server before it exits) reports until it ends."""
-    model = GatedModel()
-    batcher = MicroBatcher(model, wait_ms=0)
-    batcher.start()
-    lone = asyncio.create_task(batcher.submit([7]))
-    await _until(model.entered)
-    queued = asyncio.create_task(batcher.submit([8]))
-    await asyncio.sleep(0)
+    model, batcher, lone, queued = await _lone_pass_running_and_one_queued()
     await asyncio.wait_for(batcher.stop(timeout_s=0.05), 30)
     assert not model.gate.is_set()
     for task in (lone, queued):
