@@ -71,6 +71,19 @@ class Env(StrEnum):
 LABEL_MODEL_VERSION: Final = "model_version"
 LABEL_ENDPOINT: Final = "endpoint"
 LABEL_STATUS_CODE: Final = "status_code"
+# The latency histogram is split by class (2xx, 4xx, 5xx), not by code: a canary that answers quickly
+# with 429s or 413s must not look faster than the stable version, and per-code buckets would multiply
+# the series (19 buckets each). The rollout's p95 reads status_class="2xx" only, e.g.
+#   histogram_quantile(0.95, sum by (le) (rate(sentiment_request_latency_seconds_bucket{
+#     model_version="v2", endpoint="/infer", status_class="2xx"}[15m])))
+LABEL_STATUS_CLASS: Final = "status_class"
+
+
+def status_class(status_code: int) -> str:
+    """The LABEL_STATUS_CLASS value of an HTTP status code: 200 → "2xx", 499 → "4xx"."""
+    return f"{status_code // 100}xx"
+
+
 LABEL_LABEL: Final = "label"
 LABEL_OUTCOME: Final = "outcome"  # FeedbackOutcome
 # The label the model predicted, beside the true `label`: with more than two classes an "incorrect"
@@ -99,7 +112,7 @@ METRIC_READY: Final = "sentiment_model_ready"
 # Labels of each metric, in declaration order (model_version always first).
 METRIC_LABELS: Final[dict[str, tuple[str, ...]]] = {
     METRIC_REQUESTS: (LABEL_MODEL_VERSION, LABEL_ENDPOINT, LABEL_STATUS_CODE),
-    METRIC_REQUEST_LATENCY: (LABEL_MODEL_VERSION, LABEL_ENDPOINT),
+    METRIC_REQUEST_LATENCY: (LABEL_MODEL_VERSION, LABEL_ENDPOINT, LABEL_STATUS_CLASS),
     METRIC_BATCH_SIZE: (LABEL_MODEL_VERSION,),
     METRIC_FORWARD_LATENCY: (LABEL_MODEL_VERSION,),
     METRIC_PREDICTIONS: (LABEL_MODEL_VERSION, LABEL_LABEL),

@@ -100,7 +100,7 @@ class ServerMetrics:
         if children is None:
             children = (
                 self.requests.labels(self.model_version, endpoint, str(status_code)),
-                self.latency.labels(self.model_version, endpoint),
+                self.latency.labels(self.model_version, endpoint, c.status_class(status_code)),
             )
             self._requests[(endpoint, status_code)] = children
         children[0].inc()

@@ -301,7 +301,13 @@ def test_feedback_errors(api: TestClient) -> None:
 
 # --- observability ------------------------------------------------------------------------------
 def test_metrics_follow_the_contract(api: TestClient) -> None:
-    api.post(c.Path.INFER, json={"text": "great"})
+    def latency_count(endpoint: str, status_class: str) -> float:
+        name = f"{c.METRIC_REQUEST_LATENCY}_count"
+        return _metric_value(api, name, endpoint=endpoint, status_class=status_class)
+
+    before = {k: latency_count("/infer", k) for k in ("2xx", "4xx")}
+    label = api.post(c.Path.INFER, json={"text": "great", "request_id": "contract-1"}).json()["label"]
+    api.post(c.Path.FEEDBACK, json={"request_id": "contract-1", "label": label})
     api.post(c.Path.INFER, content=b"x", headers={"content-type": "text/plain"})
     api.post(c.Path.INFER_BATCH, json={"items": [{"text": "awful"}, {"text": "good"}]})
     r = api.get(c.Path.METRICS)
@@ -323,6 +329,8 @@ def test_metrics_follow_the_contract(api: TestClient) -> None:
         if s.name.endswith("_bucket")
     }
     assert set(c.LATENCY_BUCKETS) <= buckets
+    # a fast refusal (415) must not pull the answered requests' latency down: classes are apart
+    assert {k: latency_count("/infer", k) - v for k, v in before.items()} == {"2xx": 1, "4xx": 1}
     assert _metric_value(api, c.METRIC_READY) == 1
     assert _metric_value(api, c.METRIC_MODEL_INFO, quantized="false", calibrated="false") == 1
     assert _metric_value(api, c.METRIC_PREDICTIONS_SERIES, label="positive") >= 1
