@@ -19,7 +19,8 @@ VENV_STAMP := $(VENV)/.installed
         bench-server clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) \
+	  | awk -F':.*## ' -v cache='$(CACHE)' '{gsub(/\$$\(CACHE\)/, cache, $$2); printf "  %-16s %s\n", $$1, $$2}'
 
 $(VENV_STAMP): pyproject.toml
 	@echo "==> project virtualenv $(VENV) (torch is large: the first install takes minutes, pip's cache makes later ones fast)"

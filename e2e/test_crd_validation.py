@@ -111,7 +111,7 @@ def test_minimal_model_is_accepted_and_defaulted(create: Callable[..., dict[str,
     doc = renamed(example("sentimentmodel-minimal"))
     doc["spec"]["drift"] = {}
     spec = create(doc)["spec"]
-    assert spec["inference"] == {"maxTokens": 256, "enableBatch": True, "maxBatchSize": 32, "batchWaitMs": 5}
+    assert spec["inference"] == {"maxTokens": 256, "enableBatch": True, "maxBatchSize": 32, "batchWaitMs": 3}
     assert spec["features"] == {"quantized": False, "explainability": False}
     assert spec["drift"]["consecutiveBreaches"] == 3
     assert spec["drift"]["schedule"] == "0 * * * *"
@@ -132,6 +132,7 @@ INVALID_MODELS = [
     ),
     ({"inference": {"maxTokens": 0}}, "spec.inference.maxTokens", "greater than or equal to 1"),
     ({"drift": {"window": "1 day"}}, "spec.drift.window", "should match"),
+    ({"drift": {"threshold": 0}}, "spec.drift.threshold", "should be greater than 0"),
     ({"calibration": {"path": "/c.json", "configMapRef": {"name": "c"}}}, "spec.calibration", "exactly one"),
 ]
 

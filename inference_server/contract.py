@@ -65,6 +65,12 @@ class Env(StrEnum):
     ONNX_CACHE_DIR = "ONNX_CACHE_DIR"  # where the built INT8 ONNX model is cached (an emptyDir in a pod)
 
 
+# The drift score (the largest of label PSI, confidence PSI and the KS statistic) above which a drift
+# run is a breach: DRIFT_THRESHOLD's default for the drift job, the server's settings and the CRD's
+# spec.drift.threshold alike. Why 0.15: inference_server/ml/drift.py and docs/reports/drift.md.
+DRIFT_THRESHOLD_DEFAULT: Final = 0.15
+
+
 # --- Prometheus metrics -------------------------------------------------------------------------
 # Every data-plane series carries LABEL_MODEL_VERSION so that the operator can compare the canary
 # with the stable version over the same window.

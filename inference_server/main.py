@@ -18,8 +18,6 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from inference_server.contract import Env
-
 if TYPE_CHECKING:
     from inference_server.serving.lifecycle import ServerState
 
@@ -28,7 +26,9 @@ EXIT_REFUSED = 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    env = ", ".join(str(e) for e in Env)
+    from inference_server.settings import environment_variables
+
+    env = ", ".join(environment_variables())
     return argparse.ArgumentParser(
         prog="sentiment-server",
         description="Serve a sentiment model over HTTP (/infer, /infer/batch, /explain, /feedback, /healthz, "

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference_server.contract import HTTP_PORT, Env
+from inference_server.contract import DRIFT_THRESHOLD_DEFAULT, HTTP_PORT, Env
 from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND, Int8Backend, normalise_int8_backend
 
 
@@ -40,7 +40,7 @@ class ServerSettings(BaseSettings):
     model_sha256: str | None = Field(None, validation_alias=_env(Env.MODEL_SHA256))
     max_tokens: int = Field(256, ge=8, le=8192, validation_alias=_env(Env.MAX_TOKENS))
     enable_batch: bool = Field(False, validation_alias=_env(Env.ENABLE_BATCH))
-    drift_threshold: float = Field(0.2, gt=0, validation_alias=_env(Env.DRIFT_THRESHOLD))
+    drift_threshold: float = Field(DRIFT_THRESHOLD_DEFAULT, gt=0, validation_alias=_env(Env.DRIFT_THRESHOLD))
     calibration_params_path: Path | None = Field(None, validation_alias=_env(Env.CALIBRATION_PARAMS_PATH))
     enable_ab_routing: bool = Field(False, validation_alias=_env(Env.ENABLE_AB_ROUTING))
     enable_quantized_model: bool = Field(False, validation_alias=_env(Env.ENABLE_QUANTIZED_MODEL))
@@ -143,6 +143,16 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+
+def environment_variables() -> list[str]:
+    """The variables ServerSettings reads, in declaration order (not every name in contract.Env: the
+    jobs read some of those, e.g. JOB_COMPLETION_INDEX)."""
+    names: list[str] = []
+    for info in ServerSettings.model_fields.values():
+        if isinstance(info.validation_alias, AliasChoices):
+            names += [str(choice) for choice in info.validation_alias.choices]
+    return names
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from inference_server.contract import (
     CONFIDENCE_BUCKETS,
+    DRIFT_THRESHOLD_DEFAULT,
     LABEL_LABEL,
     LABEL_MODEL_VERSION,
     METRIC_CONFIDENCE,
@@ -56,7 +57,7 @@ from inference_server.ml.common import (
 # From measurements with the default model (docs/reports/drift.md): a fresh in-domain sample scores
 # 0.039, the out-of-domain tweets 1.208. 0.15 is ~4x the in-domain figure and above the 99.9% KS
 # critical value for 1000-vs-1000 samples (0.087), while a label-share swing of ~20 points trips it.
-DEFAULT_THRESHOLD = 0.15
+DEFAULT_THRESHOLD = DRIFT_THRESHOLD_DEFAULT
 # Below ~200 predictions sampling noise alone can cross 0.15 (KS 99% critical value at 200 vs 1000
 # samples is 0.126; at 50 it is 0.23), so smaller windows are NoData, not a verdict.
 DEFAULT_MIN_SAMPLES = 200
@@ -276,13 +277,23 @@ def to_job_result(
 
 
 # --- Prometheus: PromQL and parsing (pure) -------------------------------------------------------
-_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+_PROMETHEUS_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+# The CRDs take Go durations (spec.drift.window: "1h30m", "1.5h", "90s"); PromQL has no fractions,
+# nanoseconds or microseconds, so such a window is rewritten in whole milliseconds.
+_GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w|y)")
+_UNIT_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_UNIT_MS |= {"d": 24 * _UNIT_MS["h"], "w": 7 * 24 * _UNIT_MS["h"], "y": 365 * 24 * _UNIT_MS["h"]}
 
 
 def _check_duration(value: str, what: str) -> str:
-    if not _DURATION.match(value):
-        raise DriftInputError(f"{what} {value!r} is not a Prometheus duration such as 1h, 30m or 7d")
-    return value
+    """A PromQL range for ``value``: a Prometheus duration as it is, a Go duration in milliseconds."""
+    if not (_PROMETHEUS_DURATION.match(value) or _GO_DURATION.match(value)):
+        raise DriftInputError(f"{what} {value!r} is not a duration such as 1h, 30m, 7d or 1h30m")
+    ms = round(sum(float(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(value)))
+    if ms < 1:
+        raise DriftInputError(f"{what} {value!r} is shorter than a millisecond; give one such as 1h")
+    return value if _PROMETHEUS_DURATION.match(value) else f"{ms}ms"
 
 
 def _label_value(value: str) -> str:

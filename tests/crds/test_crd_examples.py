@@ -93,6 +93,8 @@ INVALID = [
     ("sentimentmodel-minimal", {"spec.inference": {"maxTokens": 0}}, "spec.inference.maxTokens", "minimum"),
     ("sentimentmodel-full", {"spec.calibration.path": "/models/cal.json"}, "spec.calibration", "exactly one"),
     ("sentimentmodel-full", {"spec.drift.window": "1 day"}, "spec.drift.window", "does not match"),
+    # the drift job refuses a zero threshold (every window would breach): so does the schema
+    ("sentimentmodel-full", {"spec.drift.threshold": 0}, "spec.drift.threshold", "minimum"),
     ("sentimentmodel-full", {"spec.drift.schedule": "hourly"}, "spec.drift.schedule", "does not match"),
     (
         "sentimentmodel-full",

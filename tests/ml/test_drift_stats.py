@@ -130,10 +130,19 @@ def test_queries_use_contract_names_and_escape_the_version() -> None:
     assert RECORDED["confidence_v1"]["query"] == drift.confidence_query("v1", "2m")
 
 
-@pytest.mark.parametrize("bad", ["1 hour", "", "1h; drop", "h1"])
+@pytest.mark.parametrize("bad", ["1 hour", "", "1h; drop", "h1", "1.5d", "0s", "0h0m", "500us"])
 def test_bad_window_is_refused(bad: str) -> None:
-    with pytest.raises(drift.DriftInputError, match="Prometheus duration"):
+    with pytest.raises(drift.DriftInputError, match=r"duration such as|shorter than"):
         drift.confidence_query("v1", bad)
+
+
+@pytest.mark.parametrize(
+    ("window", "promql"),
+    [("7d", "7d"), ("1h30m", "1h30m"), ("24h", "24h"), ("1.5h", "5400000ms"), ("90.5s", "90500ms")],
+)
+def test_go_durations_of_the_crd_become_promql_ranges(window: str, promql: str) -> None:
+    # spec.drift.window is a Go duration (the CRD's pattern); PromQL has no fractions
+    assert drift.confidence_query("v1", window).endswith(f"[{promql}]))")
 
 
 def test_recorded_histogram_is_rebuilt_into_bins() -> None:

@@ -25,6 +25,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def test_help_lists_the_variables_the_server_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in ("MODEL_PATH", "MAX_TOKENS", "RATE_LIMIT_EXPLAIN_PER_SECOND"))
+    # only the reprocess job reads these: naming them here would suggest the server shards something
+    assert c.Env.JOB_COMPLETION_INDEX not in out and c.Env.JOB_COMPLETIONS not in out
+
+
 def test_sha256_mismatch_exits_1_saying_why(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
