@@ -40,6 +40,10 @@ class Ceiling:
     sliced_sentences_per_s: dict[int, float] = field(default_factory=dict)
     best_layout: str = "one pass"
     slices: int = 2  # how many slices the sliced layout cut each batch into (older results: 2)
+    # How the bare single-sentence latency was timed: over how many inputs (in the order the c=1 cell
+    # sends them) and with what idle gap between passes; None in results from before the gap.
+    single_n: int | None = None
+    single_gap_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,16 +62,67 @@ class Quality:
         return asdict(self)
 
 
+ONE_PASS = "one pass"
+
+
+def sliced_layout(workers: int) -> str:
+    return f"{workers} slices side by side"
+
+
 def _log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def _throughput(
-    run: Callable[[list[list[int]]], Any], ids: Sequence[list[int]], batch_size: int, min_time_s: float
-) -> float:
-    """Sentences/s of consecutive batches over ``ids`` (cycled) for at least ``min_time_s``."""
+Batch = list[list[int]]
+
+
+def ceiling_batches(ids: Sequence[list[int]], batch_size: int) -> list[Batch]:
+    """Consecutive batches of ``batch_size`` (full ones only, unless there are none), each sorted by
+    length as the server's ``plan_batches`` sorts what it batches: slices cut from a sorted batch are
+    padded only to their own longest text, as the server's are."""
     batches = [list(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
     batches = [b for b in batches if len(b) == batch_size] or batches
+    return [sorted(b, key=len) for b in batches]
+
+
+def timed_singles(
+    run: Callable[[list[list[int]]], Any],
+    ids: Sequence[list[int]],
+    *,
+    samples: int | None,
+    gap_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[float]:
+    """Milliseconds of one single-sentence pass per input, in the order the concurrency-1 cell sends
+    them (``ids`` from the first, cycled; all of them once when ``samples`` is None), idle ``gap_s``
+    between passes. Why the gap: behind HTTP at concurrency 1 the forward thread idles between passes
+    while the answer goes out and the next request comes in, and a pass after an idle gap (caches,
+    OpenMP threads gone to sleep) is slower than one right after another; timing them back to back
+    would understate the forward pass and so overstate what the server adds."""
+    count = len(ids) if samples is None else samples
+    if not ids or count <= 0:
+        return []
+    run([ids[0]])  # warm: the first pass at a new shape pays for allocation
+    out = []
+    for i in range(count):
+        sleep(gap_s)
+        t0 = clock()
+        run([ids[i % len(ids)]])
+        out.append((clock() - t0) * 1000.0)
+    return out
+
+
+def _throughput(
+    run: Callable[[Batch], Any],
+    ids: Sequence[list[int]],
+    batch_size: int,
+    min_time_s: float,
+    min_batches: int = 2,
+) -> float:
+    """Sentences/s of consecutive length-sorted batches over ``ids`` (cycled) for at least
+    ``min_time_s`` and ``min_batches`` batches."""
+    batches = ceiling_batches(ids, batch_size)
     run(batches[0])  # warm: first call at a new shape pays for allocation
     done, k = 0, 0
     start = time.perf_counter()
@@ -77,7 +132,7 @@ def _throughput(
         done += len(batch)
         k += 1
         elapsed = time.perf_counter() - start
-        if elapsed >= min_time_s and k >= 2:
+        if elapsed >= min_time_s and k >= max(2, min_batches):
             return done / elapsed
 
 
@@ -89,7 +144,8 @@ def measure_ceiling(
     length: str,
     batch_sizes: Sequence[int],
     min_time_s: float,
-    single_samples: int,
+    single_samples: int | None,
+    single_gap_s: float,
 ) -> Ceiling:
     ids = encode_ids(m, list(texts))
 
@@ -102,17 +158,13 @@ def measure_ceiling(
         _log(f"ceiling {precision} {length}: batch {bs:>3} → {rates[bs]:7.1f} sentences/s")
     sliced = _sliced_rates(m, ids, batch_sizes, min_time_s, precision=precision, length=length)
     workers = slice_workers()
-    singles = []
-    for i in range(single_samples):
-        t0 = time.perf_counter()
-        forward_ids(m, [ids[i % len(ids)]])
-        singles.append((time.perf_counter() - t0) * 1000.0)
+    singles = timed_singles(run, ids, samples=single_samples, gap_s=single_gap_s)
     best = max(rates, key=rates.__getitem__)
-    best_rate, layout = rates[best], "one pass"
+    best_rate, layout = rates[best], ONE_PASS
     if sliced:
         bs = max(sliced, key=sliced.__getitem__)
         if sliced[bs] > best_rate:
-            best, best_rate, layout = bs, sliced[bs], f"{workers} slices side by side"
+            best, best_rate, layout = bs, sliced[bs], sliced_layout(workers)
     return Ceiling(
         precision,
         length,
@@ -124,6 +176,8 @@ def measure_ceiling(
         sliced,
         layout,
         workers,
+        single_n=len(singles),
+        single_gap_ms=single_gap_s * 1000.0,
     )
 
 
@@ -140,7 +194,7 @@ def _sliced(m: LoadedModel) -> Iterator[Callable[[list[list[int]]], Any]]:
     with ThreadPoolExecutor(workers, initializer=thread_setter(m), initargs=(1,)) as pool:
 
         def run(batch: list[list[int]]) -> Any:
-            slices = split_batch(len(batch), workers, min_slice=MIN_SLICE)
+            slices = split_batch(len(batch), workers, min_slice=MIN_SLICE)  # batch is sorted by length
             futures = [pool.submit(forward_ids, m, batch[s.start : s.stop]) for s in slices]
             return [f.result() for f in futures]
 
@@ -171,14 +225,44 @@ def _sliced_rates(
 
 
 def rate_at(
-    m: LoadedModel, texts: Sequence[str], *, batch_size: int, layout: str, min_time_s: float
+    m: LoadedModel,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    layout: str,
+    min_time_s: float,
+    min_batches: int = 2,
 ) -> float:
-    """Sentences/s at one batch size and layout (``Ceiling.best_layout``): a paired round's ceiling."""
+    """Sentences/s at one batch size and layout (``Ceiling.best_layout``)."""
     ids = encode_ids(m, list(texts))
-    if layout == "one pass":
-        return _throughput(lambda batch: forward_ids(m, batch), ids, batch_size, min_time_s)
+    if layout == ONE_PASS:
+        return _throughput(lambda batch: forward_ids(m, batch), ids, batch_size, min_time_s, min_batches)
     with _sliced(m) as run:
-        return _throughput(run, ids, batch_size, min_time_s)
+        return _throughput(run, ids, batch_size, min_time_s, min_batches)
+
+
+def best_rate(
+    m: LoadedModel,
+    texts: Sequence[str],
+    candidates: Sequence[tuple[int, str]],
+    *,
+    min_time_s: float,
+    min_batches: int,
+) -> tuple[float, int, str]:
+    """A paired round's ceiling: the best (sentences/s, batch size, layout) of the candidates, each run
+    for at least ``min_time_s`` and ``min_batches`` batches. One short run of the sweep's winner was
+    noisy enough that the server beat its ceiling in 3 rounds of 8; the best of several sizes, each
+    over several batches, is a ceiling the server should not reach."""
+    best: tuple[float, int, str] | None = None
+    for batch_size, layout in candidates:
+        rate = rate_at(
+            m, texts, batch_size=batch_size, layout=layout, min_time_s=min_time_s, min_batches=min_batches
+        )
+        if best is None or rate > best[0]:
+            best = (rate, batch_size, layout)
+    if best is None:
+        raise ValueError("best_rate needs at least one candidate")
+    return best
 
 
 def _threads_now() -> int:

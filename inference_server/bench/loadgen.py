@@ -5,9 +5,11 @@
 SPEC holds the URL, the request bodies and a list of runs; each run is closed-loop (``concurrency``
 workers, each sending its next request when the previous answer arrives) or open-loop (arrivals at
 ``rate`` per second on a seeded schedule, latency measured from the scheduled send time). Every run is
-bounded by a request count and a duration. RESULT holds, per run, one record per request (input index,
-HTTP status, latency, predicted label, the server's own latency_ms) and the client's CPU time, so the
-report can say how much of the shared CPU the client itself took.
+bounded by a request count and a duration, and starts with unmeasured warm-up requests (the open loop
+sends them at once, which opens its connections); failed warm-ups are counted. RESULT holds, per run,
+one record per request (input index, HTTP status, latency, predicted label, the server's own
+latency_ms), the client's CPU time, so the report can say how much of the shared CPU the client itself
+took, and for sentiment-server the change in its /metrics histograms over the measured window.
 
 Why aiohttp rather than httpx: the client shares the machine's two cores with the server under test,
 so its cost per request is taken from the server. Measured here against a trivial ASGI app, httpx's
@@ -31,6 +33,9 @@ from inference_server.bench.stats import histogram_totals
 
 REQUEST_TIMEOUT_S = 120.0
 OPEN_LOOP_MAX_CONNECTIONS = 256
+# Connections the open loop opens (with one request each) before its measured window, so that the first
+# scheduled sends do not pay for TCP connects that a steady stream of users would not.
+OPEN_LOOP_WARM_CONNECTIONS = 16
 WARMUP_MAX_S = 5.0
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -43,9 +48,15 @@ class RunResult:
     client_cpu_s: float = 0.0
     max_send_lag_ms: float = 0.0  # open loop: how late the client itself sent (its own share of latency)
     first_error: str | None = None
+    warmup_errors: int = 0  # failed warm-up requests (not measured, but a server that fails them is suspect)
     batches: float | None = None  # forward passes the server ran during the run (from its /metrics)
     batched_items: float | None = None  # texts those forward passes held
     forward_s: float | None = None  # seconds those passes took on the server's forward thread
+    # The server's own request-latency histogram over the run (its /infer answers with status 2xx):
+    # seconds summed and requests counted, from the metrics middleware seeing the request to the
+    # response sent (serialisation, send and the log line included).
+    request_s: float | None = None
+    request_count: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,9 +66,12 @@ class RunResult:
             "client_cpu_s": self.client_cpu_s,
             "max_send_lag_ms": self.max_send_lag_ms,
             "first_error": self.first_error,
+            "warmup_errors": self.warmup_errors,
             "batches": self.batches,
             "batched_items": self.batched_items,
             "forward_s": self.forward_s,
+            "request_s": self.request_s,
+            "request_count": self.request_count,
         }
 
 
@@ -96,30 +110,80 @@ async def _send(client: Any, url: str, body: bytes, result: RunResult, index: in
     result.records.append((index, status, latency, label, server_ms))
 
 
-Totals = list[tuple[float, float]]
+@dataclass(frozen=True)
+class MetricsSpec:
+    """Where the server's /metrics is, and which histograms to read: a key (``batch``, ``forward``,
+    ``request``) → (histogram name, labels a series must carry to count)."""
+
+    url: str
+    histograms: dict[str, tuple[str, dict[str, str]]]
 
 
-async def _batch_totals(client: Any, metrics: tuple[str, ...] | None) -> Totals | None:
-    """(sum, count) now of each server histogram named after the /metrics URL (batch size, then forward
-    seconds when named), or None when the server has none (the naive app)."""
+Totals = dict[str, tuple[float, float]]
+
+
+async def _totals(client: Any, metrics: MetricsSpec | None) -> Totals | None:
+    """(sum, count) now of each histogram of ``metrics``, or None when the server has none (the naive
+    app) or the scrape failed."""
     if metrics is None:
         return None
     try:
-        async with client.get(metrics[0]) as response:
+        async with client.get(metrics.url) as response:
             if response.status != 200:
                 return None
             text = await response.text()
-            return [histogram_totals(text, name) for name in metrics[1:]]
-    except Exception:  # a failed scrape only loses the batch-size column, never the run
+    except Exception:  # a failed scrape only loses the server-side columns, never the run
         return None
+    return {key: histogram_totals(text, name, labels) for key, (name, labels) in metrics.histograms.items()}
 
 
-def _set_batches(result: RunResult, before: Totals | None, after: Totals | None) -> None:
-    if before is not None and after is not None:
-        result.batched_items = after[0][0] - before[0][0]
-        result.batches = after[0][1] - before[0][1]
-        if len(after) > 1:
-            result.forward_s = after[1][0] - before[1][0]
+def histogram_deltas(before: Totals | None, after: Totals | None) -> dict[str, tuple[float, float]]:
+    """(sum, count) added to each histogram between two scrapes; empty when either scrape is missing."""
+    if before is None or after is None:
+        return {}
+    return {
+        key: (after[key][0] - before[key][0], after[key][1] - before[key][1])
+        for key in after
+        if key in before
+    }
+
+
+def _set_server_figures(result: RunResult, before: Totals | None, after: Totals | None) -> None:
+    deltas = histogram_deltas(before, after)
+    if "batch" in deltas:
+        result.batched_items, result.batches = deltas["batch"]
+    if "forward" in deltas:
+        result.forward_s = deltas["forward"][0]
+    if "request" in deltas:
+        result.request_s, result.request_count = deltas["request"]
+
+
+async def _warm(
+    client: Any,
+    url: str,
+    bodies: list[bytes],
+    result: RunResult,
+    *,
+    requests: int,
+    workers: int,
+    max_s: float,
+) -> None:
+    """Unmeasured requests (``workers`` at once, bounded in time too: a server that crawls must not turn
+    the warm-up into the longest phase); failures are counted on ``result``."""
+    scratch = RunResult("warmup")
+    pending = iter(range(requests))
+    deadline = time.perf_counter() + max_s
+
+    async def warm() -> None:
+        for i in pending:
+            if time.perf_counter() >= deadline:
+                return
+            await _send(client, url, bodies[i % len(bodies)], scratch, i, time.perf_counter())
+
+    await asyncio.gather(*(warm() for _ in range(workers)))
+    result.warmup_errors = sum(1 for r in scratch.records if r[1] != 200)
+    if result.warmup_errors:
+        result.first_error = f"warm-up: {scratch.first_error}"
 
 
 async def closed_loop(
@@ -132,23 +196,20 @@ async def closed_loop(
     max_requests: int,
     duration_s: float,
     warmup: int,
-    metrics: tuple[str, ...] | None = None,
+    metrics: MetricsSpec | None = None,
 ) -> RunResult:
-    if warmup:
-        # Warm-up is bounded in time too: a server that crawls must not turn it into the longest phase.
-        scratch = RunResult("warmup")
-        pending = iter(range(warmup))
-        warm_deadline = time.perf_counter() + min(duration_s, WARMUP_MAX_S)
-
-        async def warm() -> None:
-            for i in pending:
-                if time.perf_counter() >= warm_deadline:
-                    return
-                await _send(client, url, bodies[i % len(bodies)], scratch, i, time.perf_counter())
-
-        await asyncio.gather(*(warm() for _ in range(concurrency)))
     result = RunResult(name)
-    before = await _batch_totals(client, metrics)
+    if warmup:
+        await _warm(
+            client,
+            url,
+            bodies,
+            result,
+            requests=warmup,
+            workers=concurrency,
+            max_s=min(duration_s, WARMUP_MAX_S),
+        )
+    before = await _totals(client, metrics)
     counter = itertools.count()
     start = time.perf_counter()
     deadline = start + duration_s
@@ -165,7 +226,7 @@ async def closed_loop(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed_s = time.perf_counter() - start
     result.client_cpu_s = _cpu_s() - cpu0
-    _set_batches(result, before, await _batch_totals(client, metrics))
+    _set_server_figures(result, before, await _totals(client, metrics))
     return result
 
 
@@ -180,12 +241,24 @@ async def open_loop(
     duration_s: float,
     seed: int,
     arrivals: str,
-    metrics: tuple[str, ...] | None = None,
+    metrics: MetricsSpec | None = None,
+    warm_connections: int = OPEN_LOOP_WARM_CONNECTIONS,
 ) -> RunResult:
     count = max(1, min(max_requests, int(rate * duration_s)))
     offsets = arrival_offsets(rate, count, arrivals=arrivals, seed=seed)  # type: ignore[arg-type]
     result = RunResult(name)
-    before = await _batch_totals(client, metrics)
+    if warm_connections:
+        # Requests sent at once open one connection each; the pool keeps them for the measured window.
+        await _warm(
+            client,
+            url,
+            bodies,
+            result,
+            requests=warm_connections,
+            workers=warm_connections,
+            max_s=WARMUP_MAX_S,
+        )
+    before = await _totals(client, metrics)
     tasks: list[asyncio.Task[None]] = []
     start = time.perf_counter()
     cpu0 = _cpu_s()
@@ -202,8 +275,18 @@ async def open_loop(
     result.elapsed_s = time.perf_counter() - start
     result.client_cpu_s = _cpu_s() - cpu0
     result.max_send_lag_ms = lag * 1000.0
-    _set_batches(result, before, await _batch_totals(client, metrics))
+    _set_server_figures(result, before, await _totals(client, metrics))
     return result
+
+
+def metrics_spec(spec: dict[str, Any]) -> MetricsSpec | None:
+    """The spec's ``metrics`` entry: {"url": …, "histograms": {key: [name, {label: value}]}}."""
+    raw = spec.get("metrics")
+    if not raw:
+        return None
+    return MetricsSpec(
+        raw["url"], {key: (name, dict(labels)) for key, (name, labels) in raw["histograms"].items()}
+    )
 
 
 async def run_spec(spec: dict[str, Any]) -> list[RunResult]:
@@ -211,10 +294,7 @@ async def run_spec(spec: dict[str, Any]) -> list[RunResult]:
 
     url: str = spec["url"]
     bodies = [json.dumps({"text": t}).encode("utf-8") for t in spec["texts"]]
-    metrics: tuple[str, ...] | None = None
-    if spec.get("metrics_url"):
-        forward = [spec["forward_metric"]] if spec.get("forward_metric") else []
-        metrics = (spec["metrics_url"], spec["batch_metric"], *forward)
+    metrics = metrics_spec(spec)
     results = []
     for run in spec["runs"]:
         connections = run["concurrency"] if run["mode"] == "closed" else OPEN_LOOP_MAX_CONNECTIONS
@@ -247,8 +327,9 @@ async def run_spec(spec: dict[str, Any]) -> list[RunResult]:
                     metrics=metrics,
                 )
         ok = sum(1 for r in result.records if r[1] == 200)
+        warm = f", {result.warmup_errors} warm-up failures" if result.warmup_errors else ""
         print(
-            f"[loadgen] {result.name}: {ok}/{len(result.records)} ok in {result.elapsed_s:.1f}s",
+            f"[loadgen] {result.name}: {ok}/{len(result.records)} ok in {result.elapsed_s:.1f}s{warm}",
             file=sys.stderr,
             flush=True,
         )

@@ -3,10 +3,12 @@
     python -m inference_server.bench.server_bench --report docs/reports/server-benchmark.md [--quick]
 
 Steps: pick the inputs from the test split → in-process ceiling, bare forward latency and fp32/INT8
-macro-F1 → for each server variant, start it on loopback, drive it with the load generator (its own
-process) closed-loop at each concurrency and open-loop at 75% of its best throughput, stop it → write
-the Markdown report and a JSON file of raw figures next to it. Targets missed are reported, not fatal:
-the exit code is 0 for a completed run, 1 when a server or the load generator failed, 2 for bad arguments.
+macro-F1 → for each server variant, start it on loopback with an explicit environment (servers.py),
+drive it with the load generator (its own process) closed-loop at each concurrency and open-loop at 75%
+of its best throughput, stop it → paired rounds at c=32 → write the Markdown report and a JSON file of
+raw figures next to it. Throughout, the CPU that other processes take is sampled (machine.py). Targets
+missed, and cells whose requests failed, are reported, not fatal: the exit code is 0 for a completed
+run, 1 when a server or the load generator failed, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -31,26 +33,39 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from inference_server.bench.inprocess import Ceiling
 from inference_server.bench.inputs import InputSet, join_long, joined_text, select_short
-from inference_server.bench.paired import PAIRED_CONCURRENCY, PairedRound
-from inference_server.bench.report import (
+from inference_server.bench.machine import CpuMonitor
+from inference_server.bench.paired import PAIRED_CONCURRENCY, PairedRound, ceiling_candidates
+from inference_server.bench.report import busy_note, render_report
+from inference_server.bench.results import (
     VARIANT_TITLES,
     BenchResults,
     ClosedRun,
     OpenRun,
+    confusion_of,
+    invalid,
     precision_of,
-    render_report,
+    title,
 )
-from inference_server.bench.servers import RunningServer, thread_cpu_s
-from inference_server.bench.stats import summarise
-from inference_server.contract import METRIC_BATCH_SIZE, METRIC_FORWARD_LATENCY, Env
+from inference_server.bench.servers import SERVER_OMP_WAIT_POLICY, RunningServer, thread_cpu_s
+from inference_server.bench.stats import RunSummary, summarise
+from inference_server.contract import (
+    LABEL_ENDPOINT,
+    LABEL_STATUS_CLASS,
+    METRIC_BATCH_SIZE,
+    METRIC_FORWARD_LATENCY,
+    METRIC_REQUEST_LATENCY,
+    Env,
+)
+from inference_server.contract import Path as ApiPath
 from inference_server.ml.common import add_data_dir_argument
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 OPEN_LOOP_LOAD = 0.75
 DEFAULT_REPORT = Path("docs/reports/server-benchmark.md")
 SHORT_TOKENS = 25
-VARIANT_ENV = {"fp32-1t": {str(Env.TORCH_THREADS): "1"}, "fp32-passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+VARIANT_ENV = {"fp32-1t": {str(Env.TORCH_THREADS): "1"}}
 LONG_TOKENS = (110, 130)
 
 
@@ -64,14 +79,20 @@ class Plan:
     arrivals: str = "poisson"
     ceiling_batch_sizes: tuple[int, ...] = (1, 8, 16, 32, 64)
     ceiling_min_time_s: float = 2.5
-    single_samples: int = 60
+    # The bare single-sentence forward: every input once (None) in the order the c=1 cell sends them,
+    # with an idle gap between passes about what the forward thread idles at c=1 behind HTTP (the ~3 ms
+    # the client observes beyond the forward pass: answer out, next request in).
+    single_samples: int | None = None
+    single_gap_s: float = 0.003
     quality_rows: int | None = None  # None: the whole test split
     short_n: int = 384
     long_n: int = 128
     # Paired rounds (bench/paired.py): the c=32 ratios measured back to back, round after round.
     paired_rounds: int = 4
     paired_duration_s: float = 4.0
+    # Each ceiling candidate (ceiling_candidates) runs at least this long and this many batches.
     paired_ceiling_s: float = 1.5
+    paired_ceiling_batches: int = 4
 
 
 FULL = Plan()
@@ -89,7 +110,19 @@ QUICK = Plan(
     paired_rounds=1,
     paired_duration_s=0.5,
     paired_ceiling_s=0.1,
+    paired_ceiling_batches=1,
 )
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every phase of one run shares."""
+
+    plan: Plan
+    workdir: Path
+    monitor: CpuMonitor
+    int8_backend: str
+    onnx_cache_dir: Path
 
 
 def log(message: str) -> None:
@@ -97,14 +130,15 @@ def log(message: str) -> None:
 
 
 # --- model and inputs ------------------------------------------------------------------------------
-def resolve_model(args: argparse.Namespace, workdir: Path, notes: list[str]) -> tuple[Path, str]:
+def resolve_model(args: argparse.Namespace, workdir: Path, notes: list[str]) -> tuple[Path, str, bool]:
+    """(model directory, how it was chosen, whether it is the tiny fallback)."""
     if args.model is not None:
-        return args.model, "given with --model"
+        return args.model, "given with --model", False
     from inference_server.ml.default_model import default_model_dir
 
     built = default_model_dir()
     if built is not None:
-        return built, "the default model (`make model`)"
+        return built, "the default model (`make model`)", False
     from inference_server.tiny_model import build_tiny_model
 
     notes.append(
@@ -112,7 +146,7 @@ def resolve_model(args: argparse.Namespace, workdir: Path, notes: list[str]) -> 
         "(inference_server/tiny_model.py), not for MiniLM. Run `make model`, then this benchmark again."
     )
     log("default model not built: falling back to the tiny test model (figures will not mean much)")
-    return build_tiny_model(workdir / "tiny-model"), "the TINY test model (fallback)"
+    return build_tiny_model(workdir / "tiny-model"), "the TINY test model (fallback)", True
 
 
 def load_inputs(
@@ -210,6 +244,12 @@ def _int8_backend() -> str:
     return int8_backend_from_env()
 
 
+def _onnx_cache_dir() -> Path:
+    from inference_server.runtime.onnx_int8 import default_cache_dir
+
+    return default_cache_dir(os.environ)
+
+
 def _load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -222,17 +262,18 @@ class InProcess:
     expected: dict[tuple[str, str], list[str]]  # (precision, length) → label per input
 
 
-def load_models(model_dir: Path) -> dict[str, Any]:
+def load_models(model_dir: Path, bench: Bench) -> dict[str, Any]:
     """fp32 and INT8 in this process, loaded once for the ceilings, the accuracy and the paired rounds."""
     from inference_server.runtime.model import load_model
-    from inference_server.runtime.quantization import int8_backend_from_env, int8_variant
+    from inference_server.runtime.quantization import int8_variant, parse_int8_backend
     from inference_server.settings import ServerSettings
 
     fp32 = load_model(model_dir, max_tokens=ServerSettings.model_fields["max_tokens"].default)
     # Exactly what the server does for enable_quantized_model (serving/lifecycle.py), with the backend
-    # it serves by default (INT8_BACKEND, which the (d) server inherits too). With ONNX Runtime this
+    # and cache that the (d) server is given too (servers.sentiment_server_env). With ONNX Runtime this
     # also builds the cached INT8 file that the (d) server then loads.
-    return {"fp32": fp32, "int8": int8_variant(fp32, backend=int8_backend_from_env())}
+    backend = parse_int8_backend(bench.int8_backend)
+    return {"fp32": fp32, "int8": int8_variant(fp32, backend=backend, cache_dir=bench.onnx_cache_dir)}
 
 
 def run_in_process(
@@ -257,6 +298,7 @@ def run_in_process(
                     batch_sizes=plan.ceiling_batch_sizes,
                     min_time_s=plan.ceiling_min_time_s,
                     single_samples=plan.single_samples,
+                    single_gap_s=plan.single_gap_s,
                 )
             )
             expected[(precision, inputs.name)] = predicted_labels(m, inputs.texts)
@@ -274,39 +316,66 @@ def run_in_process(
 
 
 # --- servers under load ----------------------------------------------------------------------------
+def _metrics_spec(url: str) -> dict[str, Any]:
+    """sentiment-server's histograms the load generator reads before and after each run (loadgen.py)."""
+    return {
+        "url": url.rsplit("/", 1)[0] + "/metrics",
+        "histograms": {
+            "batch": [METRIC_BATCH_SIZE, {}],
+            "forward": [METRIC_FORWARD_LATENCY, {}],  # the pass as the server ran it
+            # What the server spent on each answered /infer request (not the /metrics scrapes, not
+            # failures): the overhead at c=1 is judged on it.
+            "request": [
+                METRIC_REQUEST_LATENCY,
+                {LABEL_ENDPOINT: str(ApiPath.INFER), LABEL_STATUS_CLASS: "2xx"},
+            ],
+        },
+    }
+
+
 def run_loadgen(
-    url: str, texts: Sequence[str], runs: list[dict[str, Any]], workdir: Path, tag: str
+    url: str, texts: Sequence[str], runs: list[dict[str, Any]], bench: Bench, tag: str
 ) -> list[dict[str, Any]]:
-    spec_path, out_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
-    spec = {"url": url, "texts": list(texts), "runs": runs}
-    if not tag.startswith("naive"):  # sentiment-server: read its batch sizes from /metrics
-        spec |= {
-            "metrics_url": url.rsplit("/", 1)[0] + "/metrics",
-            "batch_metric": METRIC_BATCH_SIZE,
-            "forward_metric": METRIC_FORWARD_LATENCY,  # the pass as the server ran it (overhead at c=1)
-        }
+    spec_path, out_path = bench.workdir / f"{tag}.spec.json", bench.workdir / f"{tag}.result.json"
+    spec: dict[str, Any] = {"url": url, "texts": list(texts), "runs": runs}
+    if not tag.startswith("naive"):  # sentiment-server: read its histograms from /metrics
+        spec["metrics"] = _metrics_spec(url)
     spec_path.write_text(json.dumps(spec))
     budget = sum(r["duration_s"] + 120.0 for r in runs) + 60.0
+    bench.monitor.mark("between load runs (server start, ceilings, bookkeeping)")
     proc = subprocess.run(
         [sys.executable, "-m", "inference_server.bench.loadgen", str(spec_path), str(out_path)],
         timeout=budget,
         check=False,
     )
+    bench.monitor.mark(tag)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed (exit {proc.returncode}) for {tag}")
     runs_out: list[dict[str, Any]] = json.loads(out_path.read_text())["runs"]
     return runs_out
 
 
-def _summary_of(run: dict[str, Any]) -> tuple[Any, list[Any]]:
+def _summary_of(run: dict[str, Any], *, count_failures: bool = False) -> tuple[RunSummary, list[Any]]:
+    """The run's summary and its answered records. ``count_failures`` (the open loop): failed requests
+    count in the percentiles at their latency, which for a timeout is the client's timeout."""
     ok = [r for r in run["records"] if r[1] == 200]
-    summary = summarise([r[2] for r in ok], len(run["records"]) - len(ok), run["elapsed_s"])
+    failed = [r[2] for r in run["records"] if r[1] != 200] if count_failures else []
+    summary = summarise(
+        [r[2] for r in ok], len(run["records"]) - len(ok), run["elapsed_s"], failed_latencies_s=failed
+    )
     return summary, ok
 
 
+def _request_mean_ms(run: dict[str, Any]) -> float | None:
+    """Mean of the server's request-latency histogram over the run (answered /infer requests)."""
+    total_s, count = run.get("request_s"), run.get("request_count")
+    return total_s / count * 1000.0 if total_s is not None and count else None
+
+
 def closed_runs(
-    variant: str, url: str, inputs: InputSet, expected: list[str], plan: Plan, workdir: Path
+    variant: str, url: str, inputs: InputSet, expected: list[str], bench: Bench
 ) -> list[ClosedRun]:
+    plan = bench.plan
     runs = [
         {
             "name": f"{variant}-{inputs.name}-c{c}",
@@ -321,7 +390,7 @@ def closed_runs(
     out = []
     for c, run in zip(
         plan.concurrencies,
-        run_loadgen(url, inputs.texts, runs, workdir, f"{variant}-{inputs.name}-closed"),
+        run_loadgen(url, inputs.texts, runs, bench, f"{variant}-{inputs.name}-closed"),
         strict=True,
     ):
         summary, ok = _summary_of(run)
@@ -338,21 +407,27 @@ def closed_runs(
             _mean_batch(run),
             statistics.fmean(server_ms) if server_ms else None,
             _mean_forward_ms(run),
+            request_mean_ms=_request_mean_ms(run),
+            warmup_errors=int(run.get("warmup_errors", 0)),
+            first_error=run["first_error"],
+            confusion=confusion_of(run["records"], inputs.labels),
         )
         if run["first_error"]:
             log(f"  first error: {run['first_error']}")
         mean_batch = f", mean batch {cr.mean_batch:.1f}" if cr.mean_batch else ""
         log(
-            f"{VARIANT_TITLES[variant]} {inputs.name} c={c}: {summary.rps:.1f} req/s{mean_batch}, "
+            f"{title(variant)} {inputs.name} c={c}: {summary.rps:.1f} req/s{mean_batch}, "
             f"p50 {summary.p50_ms:.1f} "
             f"p95 {summary.p95_ms:.1f} p99 {summary.p99_ms:.1f} ms, {summary.requests} ok, "
-            f"{summary.errors} errors"
+            f"{summary.errors} errors, {cr.warmup_errors} warm-up errors"
+            + (" — INVALID" if invalid(cr) else "")
         )
         out.append(cr)
     return out
 
 
-def open_run(variant: str, url: str, inputs: InputSet, rate: float, plan: Plan, workdir: Path) -> OpenRun:
+def open_run(variant: str, url: str, inputs: InputSet, rate: float, bench: Bench) -> OpenRun:
+    plan = bench.plan
     spec = [
         {
             "name": f"{variant}-{inputs.name}-open",
@@ -364,13 +439,11 @@ def open_run(variant: str, url: str, inputs: InputSet, rate: float, plan: Plan, 
             "seed": 0,
         }
     ]
-    (run,) = run_loadgen(url, inputs.texts, spec, workdir, f"{variant}-{inputs.name}-open")
-    summary, _ = _summary_of(run)
-    log(
-        f"{VARIANT_TITLES[variant]} {inputs.name} open loop at {rate:.1f} req/s: p50 {summary.p50_ms:.1f} "
-        f"p95 {summary.p95_ms:.1f} ms, {summary.requests} ok, {summary.errors} errors"
-    )
-    return OpenRun(
+    (run,) = run_loadgen(url, inputs.texts, spec, bench, f"{variant}-{inputs.name}-open")
+    summary, _ = _summary_of(run, count_failures=True)
+    if run["first_error"]:
+        log(f"  first error: {run['first_error']}")
+    result = OpenRun(
         variant,
         inputs.name,
         rate,
@@ -378,7 +451,15 @@ def open_run(variant: str, url: str, inputs: InputSet, rate: float, plan: Plan, 
         run["max_send_lag_ms"],
         run["client_cpu_s"] / run["elapsed_s"] if run["elapsed_s"] else 0.0,
         _mean_batch(run),
+        warmup_errors=int(run.get("warmup_errors", 0)),
+        first_error=run["first_error"],
     )
+    log(
+        f"{title(variant)} {inputs.name} open loop at {rate:.1f} req/s: p50 {summary.p50_ms:.1f} "
+        f"p95 {summary.p95_ms:.1f} ms, {summary.requests} ok, {summary.errors} errors, "
+        f"{result.warmup_errors} warm-up errors" + (" — INVALID" if invalid(result) else "")
+    )
+    return result
 
 
 def _mean_forward_ms(run: dict[str, Any]) -> float | None:
@@ -392,19 +473,27 @@ def _mean_batch(run: dict[str, Any]) -> float | None:
     return items / batches if batches else None
 
 
-def _server(variant: str, model_dir: Path, workdir: Path) -> AbstractContextManager[Any]:
+def _server(variant: str, model_dir: Path, bench: Bench) -> AbstractContextManager[RunningServer]:
     from inference_server.bench.servers import naive_server, sentiment_server
 
     if variant == "naive":
-        return naive_server("bench-naive", model_dir, workdir=workdir)
-    extra = VARIANT_ENV.get(variant)
+        return naive_server("bench-naive", model_dir, workdir=bench.workdir)
     return sentiment_server(
         f"bench-{variant}",
         model_dir,
         quantized=precision_of(variant) == "int8",
-        workdir=workdir,
-        extra_env=extra,
+        workdir=bench.workdir,
+        int8_backend=bench.int8_backend,
+        onnx_cache_dir=bench.onnx_cache_dir,
+        extra_env=VARIANT_ENV.get(variant),
     )
+
+
+def _record_settings(variant: str, server: RunningServer, res: BenchResults) -> None:
+    """The settings the server actually ran with, for the report (parsed from what it was given)."""
+    from inference_server.bench.servers import settings_in_effect
+
+    res.meta.setdefault("server_settings", {})[variant] = settings_in_effect(server.env)
 
 
 def bench_variant(
@@ -412,21 +501,41 @@ def bench_variant(
     model_dir: Path,
     inputs: Sequence[InputSet],
     expected: dict[tuple[str, str], list[str]],
-    plan: Plan,
-    workdir: Path,
+    bench: Bench,
     res: BenchResults,
 ) -> None:
-    log(f"starting {VARIANT_TITLES[variant]} (load {_load()})")
+    log(f"starting {title(variant)} (load {_load()})")
     res.meta.setdefault("load_per_variant_raw", {})[variant] = _load()
-    with _server(variant, model_dir, workdir) as server:
-        log(f"{VARIANT_TITLES[variant]} ready after {server.started_s:.1f}s at {server.base_url}")
+    with _server(variant, model_dir, bench) as server:
+        log(f"{title(variant)} ready after {server.started_s:.1f}s at {server.base_url}")
         res.meta.setdefault("startup_s", {})[variant] = round(server.started_s, 1)
+        _record_settings(variant, server, res)
         url = server.base_url + "/infer"
         precision = precision_of(variant)
         for s in inputs:
-            res.closed += closed_runs(variant, url, s, expected[(precision, s.name)], plan, workdir)
+            res.closed += closed_runs(variant, url, s, expected[(precision, s.name)], bench)
             rate = OPEN_LOOP_LOAD * res.max_rps(variant, s.name)
-            res.open.append(open_run(variant, url, s, rate, plan, workdir))
+            res.open.append(open_run(variant, url, s, rate, bench))
+
+
+def _round_ceiling(m: Any, ceil: Ceiling, inputs: InputSet, plan: Plan) -> tuple[float, str]:
+    """(sentences/s, "batch, layout") of the best candidate this round (paired.ceiling_candidates)."""
+    from inference_server.bench.inprocess import best_rate, sliced_layout
+
+    candidates = ceiling_candidates(
+        ceil.sentences_per_s,
+        ceil.sliced_sentences_per_s,
+        sliced_layout(ceil.slices),
+        (ceil.best_batch_size, ceil.best_layout),
+    )
+    rate, batch_size, layout = best_rate(
+        m,
+        inputs.texts,
+        candidates,
+        min_time_s=plan.paired_ceiling_s,
+        min_batches=plan.paired_ceiling_batches,
+    )
+    return rate, f"{batch_size}, {layout}"
 
 
 def run_paired(
@@ -434,66 +543,66 @@ def run_paired(
     models: dict[str, Any],
     inputs: Sequence[InputSet],
     variants: Sequence[str],
-    plan: Plan,
-    workdir: Path,
+    bench: Bench,
     res: BenchResults,
 ) -> None:
     """Every server up at once; per round and input length: each ceiling, then each server at c=32."""
-    from inference_server.bench.inprocess import rate_at
-
+    plan = bench.plan
     servers = [v for v in ("naive", "fp32", "int8") if v in variants]
     if plan.paired_rounds <= 0 or not servers:
         return
     log(f"paired rounds at c={PAIRED_CONCURRENCY}: {plan.paired_rounds} per length, {', '.join(servers)}")
     with contextlib.ExitStack() as stack:
-        running = {v: stack.enter_context(_server(v, model_dir, workdir)) for v in servers}
+        running = {v: stack.enter_context(_server(v, model_dir, bench)) for v in servers}
         for s in inputs:
             for k in range(plan.paired_rounds):
-                ceilings, rps, loop_ms = {}, {}, {}
+                ceilings, configs, rps, loop_ms, errors = {}, {}, {}, {}, {}
                 for precision, m in models.items():
                     ceil = res.ceiling(precision, s.name)
                     if ceil is not None:
-                        ceilings[precision] = rate_at(
-                            m,
-                            s.texts,
-                            batch_size=ceil.best_batch_size,
-                            layout=ceil.best_layout,
-                            min_time_s=plan.paired_ceiling_s,
-                        )
+                        ceilings[precision], configs[precision] = _round_ceiling(m, ceil, s, plan)
+                bench.monitor.mark(f"paired ceilings, {s.name} round {k + 1}")
                 for v, server in running.items():
-                    rps[v], loop_ms[v] = _paired_cell(v, server, s, k, plan, workdir)
-                res.paired.append(PairedRound(s.name, k, rps, ceilings, loop_ms))
+                    rps[v], loop_ms[v], failed = _paired_cell(v, server, s, k, bench)
+                    if failed:
+                        errors[v] = failed
+                res.paired.append(PairedRound(s.name, k, rps, ceilings, loop_ms, configs, errors))
                 log(
                     f"paired {s.name} round {k + 1}: "
                     + ", ".join(f"{v} {x:.1f} req/s ({loop_ms[v]:.2f} ms loop CPU)" for v, x in rps.items())
                     + "; ceilings "
-                    + ", ".join(f"{p} {x:.1f}" for p, x in ceilings.items())
-                    + f" sentences/s (load {_load()})"
+                    + ", ".join(f"{p} {x:.1f} ({configs[p]})" for p, x in ceilings.items())
+                    + " sentences/s"
+                    + (f"; FAILED requests {errors}" if errors else "")
                 )
 
 
 def _paired_cell(
-    variant: str, server: RunningServer, inputs: InputSet, k: int, plan: Plan, workdir: Path
-) -> tuple[float, float]:
-    """(req/s, event-loop CPU ms per request) of one server for one round."""
+    variant: str, server: RunningServer, inputs: InputSet, k: int, bench: Bench
+) -> tuple[float, float, int]:
+    """(req/s, event-loop CPU ms per request, failed requests with the warm-up's) of one server for one
+    round. Failures do not stop the run: the round is marked invalid for that server (targets.py,
+    report.py)."""
     spec = {
         "name": f"paired-{variant}-{inputs.name}-{k}",
         "mode": "closed",
         "concurrency": PAIRED_CONCURRENCY,
         "max_requests": 1_000_000,  # bounded by the duration
-        "duration_s": plan.paired_duration_s,
+        "duration_s": bench.plan.paired_duration_s,
         "warmup": PAIRED_CONCURRENCY,
     }
     cpu_before = thread_cpu_s(server.pid)
     (run,) = run_loadgen(
-        server.base_url + "/infer", inputs.texts, [spec], workdir, f"{variant}-{inputs.name}-paired-{k}"
+        server.base_url + "/infer", inputs.texts, [spec], bench, f"{variant}-{inputs.name}-paired-{k}"
     )
     loop_cpu_s = thread_cpu_s(server.pid) - cpu_before
     summary, _ = _summary_of(run)
-    if summary.errors:
-        raise RuntimeError(f"{summary.errors} requests failed in paired round {k + 1} of {variant}")
+    failed = summary.errors + int(run.get("warmup_errors", 0))
+    if failed:
+        log(f"  {failed} requests failed in paired round {k + 1} of {variant}: {run['first_error']}")
     # Per request including the warm-up's; the loadgen's two /metrics scrapes are charged too (slightly high).
-    return float(summary.rps), 1000.0 * loop_cpu_s / (len(run["records"]) + PAIRED_CONCURRENCY)
+    loop_ms = 1000.0 * loop_cpu_s / (len(run["records"]) + PAIRED_CONCURRENCY)
+    return float(summary.rps), loop_ms, failed
 
 
 # --- CLI -------------------------------------------------------------------------------------------
@@ -523,8 +632,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants",
         default="naive,fp32,int8",
-        help="comma-separated, from naive,fp32,int8 and the optional fp32-1t (TORCH_THREADS=1), "
-        "fp32-passive (OMP_WAIT_POLICY=PASSIVE)",
+        help="comma-separated, from naive,fp32,int8 and the optional fp32-1t (TORCH_THREADS=1)",
     )
     p.add_argument("--duration", type=float, default=None, help="seconds per closed-loop cell (bound)")
     p.add_argument("--max-requests", type=int, default=None, help="requests per cell (bound)")
@@ -579,8 +687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The in-process ceiling should be the best the forward pass can do on this machine: with libgomp's
     # default (spinning) wait policy, any other busy process makes torch's 2-thread barriers stall for
     # scheduler ticks (measured: single sentence 19 ms → 490 ms with one niced job running). Set before
-    # torch loads; the servers under test do not inherit it (servers._child_env).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # torch loads, to the very policy every server under test is given (servers.child_env sets it
+    # explicitly for each), so ceiling and servers run OpenMP alike.
+    os.environ["OMP_WAIT_POLICY"] = SERVER_OMP_WAIT_POLICY
     try:
         variants = _variants(args.variants)
         if args.model is not None and not args.model.is_dir():
@@ -614,7 +723,10 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
     notes: list[str] = []
     if args.quick:
         notes.append("QUICK RUN (--quick): a handful of requests per cell; the figures are not measurements.")
-    model_dir, model_kind = resolve_model(args, workdir, notes)
+    model_dir, model_kind, fallback = resolve_model(args, workdir, notes)
+    monitor = CpuMonitor()
+    monitor.mark("start")
+    bench = Bench(plan, workdir, monitor, _int8_backend(), _onnx_cache_dir())
     log(f"model: {model_dir} ({model_kind}); workdir {workdir}; load {_load()}")
     tokenizer_model = load_model(model_dir)
     short, long, test = load_inputs(tokenizer_model, args.data_dir, args.dataset, plan)
@@ -629,7 +741,13 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": _command(None),
             "machine": machine_info(default_threads, threads),
-            "model": {"path": str(model_dir), "name": model_dir.name, "kind": model_kind, "labels": labels},
+            "model": {
+                "path": str(model_dir),
+                "name": model_dir.name,
+                "kind": model_kind,
+                "labels": labels,
+                "fallback": fallback,
+            },
             "inputs": {
                 "short_n": len(short.texts),
                 "short_mean_tokens": short.mean_tokens,
@@ -645,25 +763,34 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
                 "warmup": f"max(concurrency, {plan.min_warmup})",
                 "arrivals": plan.arrivals,
                 "open_duration_s": plan.open_duration_s,
-                **_server_defaults(),
                 "quick": args.quick,
             },
             "load_before": _load(),
-            "int8_backend": _int8_backend(),
+            "int8_backend": bench.int8_backend,
+            "omp_wait_policy": SERVER_OMP_WAIT_POLICY,
         },
         notes=notes,
     )
     log("in-process: raw forward-pass ceiling, bare latency, fp32/INT8 macro-F1")
-    models = load_models(model_dir)
+    models = load_models(model_dir, bench)
     inproc = run_in_process(models, short, long, test, plan, args.skip_quality)
+    monitor.mark("in-process: ceilings, bare forward, macro-F1")
     res.ceilings, res.quality = inproc.ceilings, inproc.quality
     try:
         for variant in variants:
-            bench_variant(variant, model_dir, (short, long), inproc.expected, plan, workdir, res)
-        run_paired(model_dir, models, (short, long), variants, plan, workdir, res)
+            bench_variant(variant, model_dir, (short, long), inproc.expected, bench, res)
+        run_paired(model_dir, models, (short, long), variants, bench, res)
     except Exception as exc:
         log(f"FAILED: {exc}")
         return EXIT_FAILED
+    monitor.mark("servers stopped")
+    others = monitor.summary()
+    if others is not None:
+        res.meta["other_cpu"] = others.to_dict()
+        log(
+            f"CPU used by other processes: {others.mean_cores:.2f} cores on average, "
+            f"{others.max_cores:.2f} max"
+        )
     res.meta["load_after"] = _load()
     res.meta["load_per_variant"] = ", ".join(
         f"{v} {load}" for v, load in res.meta.get("load_per_variant_raw", {}).items()
@@ -687,15 +814,21 @@ def _render_only(raw: Path, report: Path, plan: Plan) -> int:
 
 
 def _loud_notes(res: BenchResults) -> None:
-    errors = sum(r.summary.errors for r in res.closed) + sum(r.summary.errors for r in res.open)
-    if errors:
-        res.notes.append(f"{errors} requests failed during the run (see the error counts in the tables).")
-    load1 = os.getloadavg()[0]
-    if load1 > 3.0:
+    cells: list[ClosedRun | OpenRun] = [*res.closed, *res.open]
+    bad = [r for r in cells if invalid(r)]
+    if bad:
+        failed = sum(r.summary.errors for r in bad)
+        warm = sum(r.warmup_errors for r in bad)
         res.notes.append(
-            f"The machine was busy (1-minute load average {load1:.1f} on "
-            f"{os.cpu_count()} CPUs at the end): other processes competed for the CPUs."
+            f"{failed} requests failed in measured windows and {warm} in warm-ups, in {len(bad)} of "
+            f"{len(cells)} cells: those cells are invalid (struck through), and no target rests on them."
         )
+    paired_failed = sum(n for r in res.paired for n in r.errors.values())
+    if paired_failed:
+        res.notes.append(f"{paired_failed} requests failed in the paired rounds: those rounds are invalid.")
+    note = busy_note(res.other_cpu())
+    if note is not None:
+        res.notes.append(note)
 
 
 def write_report(res: BenchResults, report: Path, json_path: Path | None, plan: Plan) -> None:
@@ -711,13 +844,6 @@ def _has(module: str) -> bool:
     except ImportError:
         return False
     return True
-
-
-def _server_defaults() -> dict[str, Any]:
-    from inference_server.settings import ServerSettings
-
-    fields = ServerSettings.model_fields
-    return {k: fields[k].default for k in ("max_batch_size", "batch_wait_ms", "max_batch_tokens")}
 
 
 if __name__ == "__main__":

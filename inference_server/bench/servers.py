@@ -21,6 +21,19 @@ from inference_server.contract import Env
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 300.0  # a busy 2-core machine can take minutes to import torch and warm a model
 STOP_TIMEOUT_S = 30.0
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
+# libgomp's wait policy for every server under test, the naive app included: a deployment setting (an
+# environment variable, not code), and sentiment-server sets the same for itself (main.py), so (a) and
+# (c)/(d) run torch's threads alike. Spinning idle threads make a 2-thread pass collapse whenever
+# anything else runs (Findings of docs/reports/server-benchmark.md).
+SERVER_OMP_WAIT_POLICY = "PASSIVE"
+# What the bench chooses for sentiment-server beyond the model and the address: no rate limits (0
+# disables a limiter, serving/ratelimit.py), since a 429 under a benchmark's load would measure the
+# limiter, not the server. Everything else is the settings' default.
+BENCH_SERVER_SETTINGS = {
+    str(Env.RATE_LIMIT_INFER_PER_SECOND): "0",
+    str(Env.RATE_LIMIT_BATCH_PER_SECOND): "0",
+}
 
 
 class ServerStartError(RuntimeError):
@@ -34,6 +47,7 @@ class RunningServer:
     pid: int
     log_path: Path
     started_s: float  # seconds from spawn to ready
+    env: dict[str, str]  # what the bench set for it (over the harness's environment minus server settings)
 
 
 def thread_cpu_s(pid: int, tid: int | None = None) -> float:
@@ -69,11 +83,55 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, name: s
     raise ServerStartError(f"{name} not ready after {READY_TIMEOUT_S:.0f}s:\n{_tail(log_path)}")
 
 
-def _child_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The servers get this process's environment minus the OpenMP wait policy that the harness sets
-    for its own in-process measurements (server_bench), plus what the variant asks for."""
-    inherited = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    return {**inherited, **env}
+def server_setting_names() -> frozenset[str]:
+    """Lower-cased names of every environment variable sentiment-server's settings read (they match
+    case-insensitively, so ``max_batch_size`` counts as much as ``MAX_BATCH_SIZE``)."""
+    from inference_server.settings import environment_variables
+
+    names = {str(e) for e in Env} | set(environment_variables()) | {OMP_WAIT_POLICY}
+    return frozenset(name.lower() for name in names)
+
+
+def child_env(inherited: Mapping[str, str], chosen: Mapping[str, str]) -> dict[str, str]:
+    """A server's environment: the harness's minus every server setting (and the OpenMP wait policy),
+    plus what the bench chose. Without this a server would pick up whatever TORCH_THREADS,
+    MAX_BATCH_SIZE, RATE_LIMIT_… the shell running the bench happened to export, while the report
+    printed the defaults."""
+    dropped = server_setting_names()
+    kept = {k: v for k, v in inherited.items() if k.lower() not in dropped}
+    return {**kept, **chosen}
+
+
+# What the report shows of a sentiment-server's settings (the knobs that change its figures).
+REPORTED_SETTINGS = (
+    ("max_batch_size", Env.MAX_BATCH_SIZE),
+    ("batch_wait_ms", Env.BATCH_WAIT_MS),
+    ("max_batch_tokens", Env.MAX_BATCH_TOKENS),
+    ("max_tokens", Env.MAX_TOKENS),
+    ("torch_threads", Env.TORCH_THREADS),
+    ("forward_workers", Env.FORWARD_WORKERS),
+    ("rate_limit_infer_per_second", Env.RATE_LIMIT_INFER_PER_SECOND),
+    ("rate_limit_batch_per_second", Env.RATE_LIMIT_BATCH_PER_SECOND),
+    ("int8_backend", Env.INT8_BACKEND),
+    ("log_level", Env.LOG_LEVEL),
+)
+
+
+def settings_in_effect(env: Mapping[str, str]) -> dict[str, str]:
+    """The values a server given ``env`` runs with, by variable name: for sentiment-server as its own
+    settings parse them (so a default shows as what it is), plus the OpenMP wait policy; for the naive
+    app (no MODEL_PATH) only what it was given besides the model."""
+    shown: dict[str, str] = {}
+    if str(Env.MODEL_PATH) in env:
+        from inference_server.settings import load_settings
+
+        settings = load_settings(env)
+        shown = {str(name): str(getattr(settings, field)) for field, name in REPORTED_SETTINGS}
+    else:
+        shown = {k: v for k, v in env.items() if not k.endswith("MODEL_PATH")}
+    if OMP_WAIT_POLICY in env:
+        shown[OMP_WAIT_POLICY] = env[OMP_WAIT_POLICY]
+    return shown
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -94,11 +152,11 @@ def _spawn(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, env=_child_env(env), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, env=child_env(os.environ, env), stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://{HOST}:{port}"
         _wait_ready(proc, base + ready_path, log_path, name)
-        yield RunningServer(name, base, proc.pid, log_path, time.perf_counter() - t0)
+        yield RunningServer(name, base, proc.pid, log_path, time.perf_counter() - t0, dict(env))
     finally:
         _stop(proc)
 
@@ -111,23 +169,64 @@ def _sentiment_server_argv() -> list[str]:
     return [found] if found else [sys.executable, "-m", "inference_server.main"]
 
 
-@contextlib.contextmanager
-def sentiment_server(
-    name: str, model_dir: Path, *, quantized: bool, workdir: Path, extra_env: Mapping[str, str] | None = None
-) -> Iterator[RunningServer]:
-    """`sentiment-server` with the defaults a SentimentModel gets, on loopback; its log in ``workdir``."""
-    port = free_port()
-    env = {
+def sentiment_server_env(
+    name: str,
+    model_dir: Path,
+    *,
+    port: int,
+    quantized: bool,
+    workdir: Path,
+    int8_backend: str,
+    onnx_cache_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Every variable the bench sets for sentiment-server. The INT8 backend and its cache are the ones
+    the harness's in-process INT8 model used, so (d) serves the very file the INT8 ceiling ran."""
+    return {
         str(Env.MODEL_PATH): str(model_dir),
         str(Env.MODEL_VERSION): name,
         str(Env.HOST): HOST,
         str(Env.PORT): str(port),
         str(Env.ENABLE_QUANTIZED_MODEL): "true" if quantized else "false",
+        str(Env.INT8_BACKEND): int8_backend,
+        str(Env.ONNX_CACHE_DIR): str(onnx_cache_dir),
         str(Env.FEEDBACK_DB_PATH): str(workdir / f"{name}-feedback.sqlite3"),
+        OMP_WAIT_POLICY: SERVER_OMP_WAIT_POLICY,
+        **BENCH_SERVER_SETTINGS,
         **(extra_env or {}),
     }
+
+
+@contextlib.contextmanager
+def sentiment_server(
+    name: str,
+    model_dir: Path,
+    *,
+    quantized: bool,
+    workdir: Path,
+    int8_backend: str,
+    onnx_cache_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[RunningServer]:
+    """`sentiment-server` with the defaults a SentimentModel gets (rate limits off), on loopback; its log
+    in ``workdir``."""
+    port = free_port()
+    env = sentiment_server_env(
+        name,
+        model_dir,
+        port=port,
+        quantized=quantized,
+        workdir=workdir,
+        int8_backend=int8_backend,
+        onnx_cache_dir=onnx_cache_dir,
+        extra_env=extra_env,
+    )
     with _spawn(name, _sentiment_server_argv(), env, "/readyz", port, workdir / f"{name}.log") as server:
         yield server
+
+
+def naive_env(model_dir: Path) -> dict[str, str]:
+    return {"NAIVE_MODEL_PATH": str(model_dir), OMP_WAIT_POLICY: SERVER_OMP_WAIT_POLICY}
 
 
 @contextlib.contextmanager
@@ -146,6 +245,5 @@ def naive_server(name: str, model_dir: Path, *, workdir: Path) -> Iterator[Runni
         "--port",
         str(port),
     ]
-    env = {"NAIVE_MODEL_PATH": str(model_dir)}
-    with _spawn(name, argv, env, "/healthz", port, workdir / f"{name}.log") as server:
+    with _spawn(name, argv, naive_env(model_dir), "/healthz", port, workdir / f"{name}.log") as server:
         yield server

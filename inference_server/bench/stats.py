@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,31 +44,63 @@ class RunSummary:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
-def summarise(latencies_s: Sequence[float], errors: int, elapsed_s: float) -> RunSummary:
-    """Throughput counts successful requests over the measured wall time; percentiles in ms."""
+def summarise(
+    latencies_s: Sequence[float],
+    errors: int,
+    elapsed_s: float,
+    *,
+    failed_latencies_s: Sequence[float] = (),
+) -> RunSummary:
+    """Throughput counts successful requests over the measured wall time; percentiles in ms.
+
+    ``failed_latencies_s``: the latencies of failed requests (an error answer, or the client's timeout),
+    counted in the percentiles and the mean but not in the throughput. The open loop passes them: a
+    request that failed or timed out was still a user kept waiting, and dropping it would make an
+    overloaded server's tail look shorter the more requests it fails."""
     ms = [x * 1000.0 for x in latencies_s]
+    waited = ms + [x * 1000.0 for x in failed_latencies_s]
     n = len(ms)
     return RunSummary(
         requests=n,
         errors=errors,
         elapsed_s=elapsed_s,
         rps=n / elapsed_s if elapsed_s > 0 else math.nan,
-        p50_ms=percentile(ms, 50),
-        p95_ms=percentile(ms, 95),
-        p99_ms=percentile(ms, 99),
-        mean_ms=sum(ms) / n if n else math.nan,
+        p50_ms=percentile(waited, 50),
+        p95_ms=percentile(waited, 95),
+        p99_ms=percentile(waited, 99),
+        mean_ms=sum(waited) / len(waited) if waited else math.nan,
     )
 
 
-def histogram_totals(exposition: str, name: str) -> tuple[float, float]:
-    """(sum, count) of a Prometheus histogram in text exposition, added over all its label sets."""
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _labels(metric: str) -> dict[str, str]:
+    """The label set of one exposition sample name, e.g. ``x_sum{a="1",b="2"}`` → {"a": "1", "b": "2"}."""
+    _, brace, rest = metric.partition("{")
+    return dict(_LABEL.findall(rest)) if brace else {}
+
+
+def histogram_totals(
+    exposition: str, name: str, labels: Mapping[str, str] | None = None
+) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram in text exposition, added over the label sets that carry
+    every pair of ``labels`` (all label sets when None): e.g. the request latency of ``/infer`` answers
+    with ``status_class="2xx"`` only, not of the /metrics scrapes or of failed requests."""
     total_sum = total_count = 0.0
+    wanted = dict(labels or {})
     for line in exposition.splitlines():
-        if line.startswith(f"{name}_sum") or line.startswith(f"{name}_count"):
-            metric, _, value = line.rpartition(" ")
-            base = metric.split("{", 1)[0]
-            if base == f"{name}_sum":
-                total_sum += float(value)
-            elif base == f"{name}_count":
-                total_count += float(value)
+        if not (line.startswith(f"{name}_sum") or line.startswith(f"{name}_count")):
+            continue
+        metric, _, value = line.rpartition(" ")
+        base = metric.split("{", 1)[0]
+        if base not in (f"{name}_sum", f"{name}_count"):
+            continue
+        found = _labels(metric)
+        if any(found.get(k) != v for k, v in wanted.items()):
+            continue
+        if base == f"{name}_sum":
+            total_sum += float(value)
+        else:
+            total_count += float(value)
     return total_sum, total_count

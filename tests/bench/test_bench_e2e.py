@@ -28,8 +28,9 @@ def _dataset(root: Path) -> Path:
         words = [rng.choice(NEUTRAL_WORDS) for _ in range(rng.randint(4, 38))] + [rng.choice(pool)]
         examples.append(Example(f"b-{i:04d}", " ".join(words) + f" {i}", label))
     splits = split_examples(examples, seed=0, fractions=(0.25, 0.25, 0.5))
-    write_dataset(root, DATASET, splits, Source("tests", "0", "test_bench_e2e.py"), seed=0,
-                  fractions=(0.25, 0.25, 0.5))
+    write_dataset(
+        root, DATASET, splits, Source("tests", "0", "test_bench_e2e.py"), seed=0, fractions=(0.25, 0.25, 0.5)
+    )
     return root
 
 
@@ -45,10 +46,21 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captur
 def test_quick_run_writes_a_complete_report(tiny_model_dir: Path, tmp_path: Path) -> None:
     data_root = _dataset(tmp_path / "datasets")
     report = tmp_path / "reports" / "server-benchmark.md"
-    rc = server_bench.main([
-        "--quick", "--model", str(tiny_model_dir), "--data-dir", str(data_root), "--dataset", DATASET,
-        "--report", str(report), "--workdir", str(tmp_path / "work"),
-    ])
+    rc = server_bench.main(
+        [
+            "--quick",
+            "--model",
+            str(tiny_model_dir),
+            "--data-dir",
+            str(data_root),
+            "--dataset",
+            DATASET,
+            "--report",
+            str(report),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert rc == server_bench.EXIT_OK
     text = report.read_text()
     for section in SECTIONS:
@@ -56,10 +68,12 @@ def test_quick_run_writes_a_complete_report(tiny_model_dir: Path, tmp_path: Path
     assert "QUICK RUN" in text
     raw = json.loads(report.with_suffix(".json").read_text())
     cells = {(r["variant"], r["length"], r["concurrency"]) for r in raw["closed"]}
-    assert cells == {(v, n, c) for v in ("naive", "fp32", "int8") for n in ("short", "long")
-                     for c in (1, 8, 32, 64)}
-    assert {(r["variant"], r["length"]) for r in raw["open"]} == {(v, n) for v in ("naive", "fp32", "int8")
-                                                                  for n in ("short", "long")}
+    assert cells == {
+        (v, n, c) for v in ("naive", "fp32", "int8") for n in ("short", "long") for c in (1, 8, 32, 64)
+    }
+    assert {(r["variant"], r["length"]) for r in raw["open"]} == {
+        (v, n) for v in ("naive", "fp32", "int8") for n in ("short", "long")
+    }
     for run in raw["closed"] + raw["open"]:
         assert run["summary"]["errors"] == 0, run
         assert run["summary"]["requests"] > 0, run
@@ -69,7 +83,8 @@ def test_quick_run_writes_a_complete_report(tiny_model_dir: Path, tmp_path: Path
         # sentiment-server's batch sizes come from its /metrics; the naive app has none
         assert (run["mean_batch"] is None) == (run["variant"] == "naive"), run
     assert {(c["precision"], c["length"]) for c in raw["ceilings"]} == {
-        (p, n) for p in ("fp32", "int8") for n in ("short", "long")}
+        (p, n) for p in ("fp32", "int8") for n in ("short", "long")
+    }
     assert raw["quality"]["rows"] > 0
     # The paired round ran every server and charged each event loop its CPU per request.
     (paired,) = [r for r in raw["paired"] if r["length"] == "short"]
@@ -78,3 +93,21 @@ def test_quick_run_writes_a_complete_report(tiny_model_dir: Path, tmp_path: Path
     # The INT8 ceiling and (d) ran the backend the server serves by default.
     assert raw["meta"]["int8_backend"] == "onnxruntime"
     assert "INT8 (ONNX Runtime" in text
+    # A quick run draws no verdicts (its figures are a handful of requests).
+    assert "**pass**" not in text and "**MISS**" not in text and "not measured (quick run" in text
+    for run in raw["closed"] + raw["open"]:
+        assert run["warmup_errors"] == 0, run
+    for run in raw["closed"]:
+        if run["variant"] != "naive":
+            # the server's own request-latency histogram (/infer, 2xx) over the cell
+            assert run["request_mean_ms"] is not None and run["request_mean_ms"] > 0, run
+        # served answers on the labelled short inputs, for their macro-F1
+        assert (run["confusion"] is not None) == (run["length"] == "short"), run
+    assert "| (c) sentiment-server fp32 | 0." in text.split("## Accuracy")[1]
+    # Every server ran with an explicit environment: rate limits off, one OpenMP policy for all.
+    settings = raw["meta"]["server_settings"]
+    assert settings["fp32"]["RATE_LIMIT_INFER_PER_SECOND"] == "0.0", settings
+    assert {s["OMP_WAIT_POLICY"] for s in settings.values()} == {"PASSIVE"}
+    assert raw["meta"]["other_cpu"]["seconds"] > 0
+    assert all(c["single_n"] and c["single_gap_ms"] for c in raw["ceilings"])
+    assert set(paired["ceiling_config"]) == {"fp32", "int8"} and paired["errors"] == {}

@@ -1,0 +1,274 @@
+"""Pass / miss / not measured for each target line of one run, apart from the Markdown, so that what
+counts as a verdict (and what voids one) can be read and tested on its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inference_server.bench.paired import (
+    PairedRound,
+    ceiling_ratio,
+    median_or_none,
+    over_ceiling,
+    round_ratios,
+    server_ratio,
+)
+from inference_server.bench.results import LENGTHS, BenchResults, failures, invalid, precision_of
+
+TARGET_CONCURRENCY = 32
+OVERHEAD_BUDGET_MS = 2.0
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    required: str
+    measured: str
+    passed: bool | None  # None: could not be measured in this run
+    reason: str | None = None  # why not measured, when known
+
+
+def verdicts_off(meta: Mapping[str, Any]) -> str | None:
+    """Why no line of this run may pass or miss, or None: a --quick run's handful of requests per cell
+    and the tiny test model's timings are not measurements of anything a target is about."""
+    reasons = []
+    if meta.get("run", {}).get("quick"):
+        reasons.append("quick run: a handful of requests per cell")
+    model = meta.get("model", {})
+    if model.get("fallback") or "TINY" in str(model.get("kind", "")):
+        reasons.append("the tiny test model, not the default model (`make model` not built)")
+    return "; ".join(reasons) or None
+
+
+# --- figures as text (the report's tables write them the same way) --------------------------------
+def times(r: float) -> str:
+    return "–" if math.isnan(r) else f"{r:.2f}×"
+
+
+def percent(r: float) -> str:
+    return "–" if math.isnan(r) else f"{r * 100:.0f}%"
+
+
+def figure(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+# --- targets --------------------------------------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return math.nan
+    return a / b
+
+
+def _judge(value: float, ok: bool) -> bool | None:
+    return None if math.isnan(value) else ok
+
+
+def _paired(
+    res: BenchResults, length: str, ratio: Callable[[PairedRound], float | None], fmt: Callable[[float], str]
+) -> tuple[float, str] | None:
+    """(median, text) of each paired round's own ratio for this input length; None without rounds."""
+    values = round_ratios([r for r in res.paired if r.length == length], ratio)
+    median = median_or_none(values)
+    if median is None:
+        return None
+    spread = f"{fmt(min(values))}–{fmt(max(values))}"
+    return median, f"median {fmt(median)} of {len(values)} paired rounds ({spread})"
+
+
+def _invalid_cells(res: BenchResults, length: str, concurrency: int, variants: Sequence[str]) -> list[str]:
+    """The cells (sweep and paired rounds) of these variants that had failures, named for the report."""
+    out = []
+    for v in variants:
+        run = res.run(v, length, concurrency)
+        if run is not None and invalid(run):
+            out.append(f"{v} c={concurrency} {length} ({failures(run)})")
+        if concurrency == TARGET_CONCURRENCY:
+            for r in res.paired:
+                if r.length == length and r.errors.get(v):
+                    out.append(f"{v} in paired round {r.round + 1} ({r.errors[v]} failed)")
+    return out
+
+
+def _not_measured_for(invalid_cells: Sequence[str]) -> str:
+    return "invalid cell: " + "; ".join(invalid_cells)
+
+
+def _c32_target(
+    name: str,
+    required: str,
+    sweep: float,
+    sweep_text: str,
+    paired: tuple[float, str] | None,
+    ok: Callable[[float], bool],
+    invalid_cells: Sequence[str] = (),
+) -> Target:
+    """Judged on the paired rounds' median when there are rounds (drift-free), else on the sweep cell;
+    not at all when any cell it shows had failures."""
+    measured = sweep_text if paired is None else f"{paired[1]}; sweep cell {sweep_text}"
+    if invalid_cells:
+        return Target(name, required, measured, None, _not_measured_for(invalid_cells))
+    if paired is None:
+        return Target(name, required, measured, _judge(sweep, ok(sweep)))
+    return Target(name, required, measured, ok(paired[0]))
+
+
+def _over_ceiling_text(res: BenchResults, length: str, variant: str, precision: str) -> str:
+    flagged = over_ceiling([r for r in res.paired if r.length == length], [(variant, precision)])
+    if not flagged:
+        return ""
+    rounds = ", ".join(f"{f.round + 1} ({percent(f.ratio)})" for f in flagged)
+    return f"; above 100% of its ceiling in round {rounds}: that ceiling measured low"
+
+
+def evaluate_targets(res: BenchResults) -> list[Target]:
+    """Every target line; with ``verdicts_off`` (quick run, tiny model) none passes or misses."""
+    targets = _measured_targets(res)
+    off = verdicts_off(res.meta)
+    if off is None:
+        return targets
+    return [dataclasses.replace(t, passed=None, reason=off) for t in targets]
+
+
+def _measured_targets(res: BenchResults) -> list[Target]:
+    out: list[Target] = []
+    c = TARGET_CONCURRENCY
+    for length in LENGTHS:
+        fp32 = res.run("fp32", length, c)
+        naive = res.run("naive", length, c)
+        int8 = res.run("int8", length, c)
+        ceil = res.ceiling("fp32", length)
+        fp32_rps = fp32.summary.rps if fp32 else None
+        r = _ratio(fp32_rps, naive.summary.rps if naive else None)
+        out.append(
+            _c32_target(
+                f"fp32 server vs naive, c={c}, {length}",
+                "≥ 3.0×",
+                r,
+                f"{times(r)} ({figure(fp32_rps)} vs {figure(naive.summary.rps if naive else None)} req/s)",
+                _paired(res, length, server_ratio("fp32", "naive"), times),
+                lambda x: x >= 3.0,
+                _invalid_cells(res, length, c, ("fp32", "naive")),
+            )
+        )
+        r = _ratio(fp32_rps, ceil.best_sentences_per_s if ceil else None)
+        out.append(
+            _c32_target(
+                f"fp32 server vs raw ceiling, c={c}, {length}",
+                "≥ 80%",
+                r,
+                f"{percent(r)} ({figure(fp32_rps)} vs "
+                f"{figure(ceil.best_sentences_per_s if ceil else None)} sentences/s"
+                f"{f', batch {ceil.best_batch_size}, {ceil.best_layout}' if ceil else ''})"
+                + _over_ceiling_text(res, length, "fp32", "fp32"),
+                _paired(res, length, ceiling_ratio("fp32", "fp32"), percent),
+                lambda x: x >= 0.8,
+                _invalid_cells(res, length, c, ("fp32",)),
+            )
+        )
+        r = _ratio(int8.summary.rps if int8 else None, fp32_rps)
+        out.append(
+            _c32_target(
+                f"INT8 vs fp32 server, c={c}, {length}",
+                "≥ 1.7×",
+                r,
+                f"{times(r)} ({figure(int8.summary.rps if int8 else None)} vs {figure(fp32_rps)} req/s)",
+                _paired(res, length, server_ratio("int8", "fp32"), times),
+                lambda x: x >= 1.7,
+                _invalid_cells(res, length, c, ("int8", "fp32")),
+            )
+        )
+    out.append(_f1_target(res))
+    for length in LENGTHS:
+        out.append(_overhead_target(res, length))
+    return out
+
+
+def _f1_target(res: BenchResults) -> Target:
+    """Judged on the in-process test split (1276 rows, every one predicted once); the served answers'
+    macro-F1 on the labelled short inputs is shown beside it, not judged (a smaller sample)."""
+    name, required = "INT8 macro-F1 within 1 point of fp32 (test split)", "drop ≤ 1.0 point"
+    q = res.quality
+    served = _served_f1_text(res)
+    if q is None:
+        return Target(name, required, "not measured" + served, None)
+    change = (q.macro_f1_int8 - q.macro_f1_fp32) * 100.0  # signed as everywhere else: − is a loss
+    measured = (
+        f"{change:+.2f} points ({q.macro_f1_fp32:.4f} → {q.macro_f1_int8:.4f}, {q.rows} sentences)" + served
+    )
+    return Target(name, required, measured, -change <= 1.0)
+
+
+def _served_f1_text(res: BenchResults) -> str:
+    a, b = res.served_quality("fp32"), res.served_quality("int8")
+    if a is None or b is None:
+        return ""
+    change = (b.macro_f1 - a.macro_f1) * 100.0
+    return (
+        f"; served answers (not judged): {change:+.2f} points ({a.macro_f1:.4f} → {b.macro_f1:.4f}, "
+        f"{a.answers} / {b.answers} answers on labelled short inputs)"
+    )
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What the server adds to its forward pass at concurrency 1 (ms; NaN where not measured)."""
+
+    by_histogram: float  # request-latency histogram mean − forward mean: the judged figure
+    by_handler: float  # the response's latency_ms mean − forward mean (misses send, log, parsing)
+    client: float  # client-observed mean − forward mean (adds HTTP on loopback and the client)
+
+
+def as_run_overhead(res: BenchResults, variant: str, length: str) -> Overhead:
+    """At concurrency 1 every request had exactly one forward pass, so each mean latency minus the mean
+    pass (both over the same cell, from the server's own histograms) is what the server adds."""
+    run = res.run(variant, length, 1)
+    nan = math.nan
+    if run is None or run.forward_mean_ms is None:
+        return Overhead(nan, nan, nan)
+    fwd = run.forward_mean_ms
+
+    def minus(x: float | None) -> float:
+        return x - fwd if x is not None else nan
+
+    return Overhead(minus(run.request_mean_ms), minus(run.server_mean_ms), minus(run.summary.mean_ms))
+
+
+def _overhead_target(res: BenchResults, length: str) -> Target:
+    """Judged on the server's request-latency histogram (from its metrics middleware seeing the request
+    to the response sent, /infer 2xx) minus its forward-pass histogram, both means over the c=1 cell;
+    the client-observed figure beside it adds HTTP on loopback and the client."""
+    name = f"server overhead at c=1 over the forward pass, fp32, {length}"
+    budget = f"≤ {OVERHEAD_BUDGET_MS:.0f} ms"
+    run = res.run("fp32", length, 1)
+    if run is None:
+        return Target(name, budget, "not measured", None)
+    o = as_run_overhead(res, "fp32", length)
+    client = f"client-observed {o.client:+.2f} ms" if not math.isnan(o.client) else "client-observed –"
+    if invalid(run):
+        return Target(name, budget, client, None, _not_measured_for([f"fp32 c=1 {length} ({failures(run)})"]))
+    if math.isnan(o.by_histogram):
+        handler = "–" if math.isnan(o.by_handler) else f"{o.by_handler:+.2f} ms"
+        measured = f"{client}; the response's latency_ms {handler} over the forward pass (understates)"
+        reason = "this run did not read the server's request-latency histogram, which is what is judged"
+        return Target(name, budget, measured, None, reason)
+    measured = (
+        f"{o.by_histogram:+.2f} ms request-latency histogram − forward-pass histogram (server means); "
+        f"{client}"
+    )
+    return Target(name, budget, measured, o.by_histogram <= OVERHEAD_BUDGET_MS)
+
+
+def overhead_ms(res: BenchResults, variant: str, length: str) -> float:
+    """Client-observed p50 at concurrency 1 minus the bare single-sentence forward p50 (same inputs)."""
+    run = res.run(variant, length, 1)
+    ceil = res.ceiling(precision_of(variant), length)
+    if run is None or ceil is None:
+        return math.nan
+    return run.summary.p50_ms - ceil.batch1_p50_ms
