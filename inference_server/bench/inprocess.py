@@ -194,7 +194,7 @@ def _sliced(m: LoadedModel) -> Iterator[Callable[[list[list[int]]], Any]]:
     with ThreadPoolExecutor(workers, initializer=thread_setter(m), initargs=(1,)) as pool:
 
         def run(batch: list[list[int]]) -> Any:
-            slices = split_batch(len(batch), workers, min_slice=MIN_SLICE)  # batch is sorted by length
+            slices = split_batch([len(x) for x in batch], workers, min_slice=MIN_SLICE)  # sorted by length
             futures = [pool.submit(forward_ids, m, batch[s.start : s.stop]) for s in slices]
             return [f.result() for f in futures]
 

@@ -54,7 +54,7 @@ class RunResult:
     forward_s: float | None = None  # seconds those passes took on the server's forward thread
     # The server's own request-latency histogram over the run (its /infer answers with status 2xx):
     # seconds summed and requests counted, from the metrics middleware seeing the request to the
-    # response sent (serialisation, send and the log line included).
+    # response sent (serialisation and the send included).
     request_s: float | None = None
     request_count: float | None = None
 

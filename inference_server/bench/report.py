@@ -418,7 +418,8 @@ def _ceiling_section(res: BenchResults) -> list[str]:
         "consecutive batches, each sorted by length as the server's `plan_batches` sorts what it batches, "
         "padded to their longest text; sentences/s by batch size. *One pass*: each "
         "batch is one forward call on all the threads. *N slices side by side*: each sorted batch is cut "
-        "into length-ordered slices that run at once, one per thread, each on a single torch thread — how "
+        "into length-ordered slices (balanced in padded tokens, `split_batch`) that run at once, one per "
+        "thread, each on a single torch thread — how "
         "the server runs a batch under load by default (`serving/batching.py`, `FORWARD_WORKERS`). "
         "The ceiling is the best of both. " + _single_text(res),
         "",
@@ -484,9 +485,10 @@ def _overhead_section(res: BenchResults) -> list[str]:
         "times each pass on its forward thread (`sentiment_forward_latency_seconds`), and at concurrency 1 "
         "each request has exactly one pass. **The judged figure** is the mean of the server's own "
         "request-latency histogram (`sentiment_request_latency_seconds`, `/infer` answers with "
-        '`status_class="2xx"`: from its metrics middleware seeing the request to the response sent, so '
-        "with serialisation, the send and the log line; without uvicorn's HTTP parsing and the outermost "
-        "error middleware) minus the mean pass, both read from `/metrics` before and after the cell. "
+        '`status_class="2xx"`: from its metrics middleware seeing the request to the last byte handed to '
+        "the transport, so with serialisation and the send; without uvicorn's HTTP parsing, the outermost "
+        "error middleware and the log line written after the response) minus the mean pass, both read "
+        "from `/metrics` before and after the cell. "
         "Beside it: the response's `latency_ms` (taken in the handler, before serialisation, the send and "
         "the log line: it understates) minus the mean pass, and the client-observed mean (adds HTTP on "
         "loopback and the client) minus the mean pass. The comparison with the bare in-process "

@@ -56,7 +56,7 @@ class ClosedRun:
     forward_mean_ms: float | None = None
     # Mean of the server's own request-latency histogram over the cell (sentiment_request_latency_seconds,
     # /infer, status_class="2xx"): from its metrics middleware seeing the request to the response sent,
-    # so it includes serialisation, the send and the log line that latency_ms misses.
+    # so it includes the serialisation and the send that latency_ms misses.
     request_mean_ms: float | None = None
     warmup_errors: int = 0  # warm-up requests not answered 200
     first_error: str | None = None

@@ -35,7 +35,7 @@ class ServerMetrics:
         )
         self.latency = Histogram(
             c.METRIC_REQUEST_LATENCY,
-            "Request latency in seconds, from first byte in to response sent",
+            "Request latency in seconds, from the request seen to its last response byte sent",
             labels[c.METRIC_REQUEST_LATENCY],
             buckets=c.LATENCY_BUCKETS,
             registry=reg,

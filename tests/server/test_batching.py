@@ -31,15 +31,32 @@ def test_plan_batches_partitions_within_bounds(lengths: list[int], max_size: int
     assert [x for run in runs for x in run] == sorted(lengths)
 
 
-@given(st.integers(1, 200), st.integers(1, 8), st.integers(1, 16))
-def test_split_batch_cuts_contiguous_even_slices(n: int, parts: int, min_slice: int) -> None:
-    slices = split_batch(n, parts, min_slice=min_slice)
+@given(st.lists(st.integers(1, 512), min_size=1, max_size=200), st.integers(1, 8), st.integers(1, 16))
+def test_split_batch_cuts_contiguous_slices_no_costlier_than_equal_counts(
+    unsorted: list[int], parts: int, min_slice: int
+) -> None:
+    lengths = sorted(unsorted)
+    n = len(lengths)
+    slices = split_batch(lengths, parts, min_slice=min_slice)
     assert [i for s in slices for i in s] == list(range(n))  # in order, every item once
-    assert 1 <= len(slices) <= parts
-    sizes = [len(s) for s in slices]
-    assert max(sizes) - min(sizes) <= 1
-    assert len(slices) == 1 or min(sizes) >= min_slice  # no slice too small to be worth a thread
     assert len(slices) == min(parts, max(1, n // min_slice))  # as many as allowed
+    assert len(slices) == 1 or min(len(s) for s in slices) >= min_slice  # each worth a thread
+
+    def worst(cut: list[range]) -> int:  # padded tokens of the slowest slice
+        return max(len(s) * lengths[s.stop - 1] for s in cut)
+
+    k = len(slices)
+    even = [range(round(i * n / k), round((i + 1) * n / k)) for i in range(k)]
+    assert worst(slices) <= worst(even)
+    if k == 2:  # against every cut: the costliest slice is as cheap as it can be
+        cuts = range(min_slice, n - min_slice + 1)
+        assert worst(slices) == min(worst([range(0, i), range(i, n)]) for i in cuts)
+
+
+def test_split_batch_gives_the_slice_of_longer_texts_fewer_of_them() -> None:
+    lengths = sorted(list(range(21, 31)) * 2)  # equal counts: 10 texts padded to 25 beside 10 to 30
+    left, right = split_batch(lengths, 2, min_slice=4)
+    assert (len(left), len(right)) == (11, 9)  # 11 × 26 = 286 and 9 × 30 = 270 padded tokens, not 300
 
 
 class FakeModel:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope, Send
 
 from inference_server import contract as c
+from inference_server.api import middleware
 from inference_server.api.middleware import RequestMetrics
 from inference_server.serving.limits import PathPolicy, RequestGuard
 from inference_server.serving.ratelimit import RateLimiter
@@ -95,6 +96,35 @@ def test_precheck_length_shortcut_keeps_the_word_rule(n_words: int, sep: str) ->
             precheck_length(text, 10)
     else:
         precheck_length(text, 10)
+
+
+async def test_latency_ends_when_the_response_is_sent_not_when_after_send_work_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Work after the last body chunk (the log line) keeps no client waiting: not latency."""
+    now = [100.0]
+    monkeypatch.setattr(middleware.time, "perf_counter", lambda: now[0])
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": True})
+        now[0] += 0.05  # between chunks: the client is still waiting
+        await send({"type": "http.response.body", "body": b""})
+        now[0] += 0.2  # after the response: nobody waits
+
+    observed: list[float] = []
+    app = RequestMetrics(
+        endpoint, observe=lambda _p, _s, seconds: observed.append(seconds), in_flight=lambda _n: None
+    )
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    await app({"type": "http", "method": "GET", "path": "/healthz", "headers": []}, receive, send)
+    assert observed == [pytest.approx(0.05)]
 
 
 async def test_a_client_that_leaves_mid_body_reaches_no_endpoint_and_is_no_server_error() -> None:
