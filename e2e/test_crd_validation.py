@@ -130,7 +130,7 @@ INVALID_MODELS = [
         "spec.autoscaling.min",
         "must not exceed autoscaling.max",
     ),
-    ({"inference": {"maxTokens": 0}}, "spec.inference.maxTokens", "greater than or equal to 1"),
+    ({"inference": {"maxTokens": 7}}, "spec.inference.maxTokens", "greater than or equal to 8"),
     ({"drift": {"window": "1 day"}}, "spec.drift.window", "should match"),
     ({"drift": {"threshold": 0}}, "spec.drift.threshold", "should be greater than 0"),
     ({"calibration": {"path": "/c.json", "configMapRef": {"name": "c"}}}, "spec.calibration", "exactly one"),

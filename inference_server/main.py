@@ -60,12 +60,13 @@ def exit_now(code: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _parser().parse_args(argv)
     # libgomp's idle threads spin by default; when anything else wants the pod's cores a 2-thread
     # forward pass then stalls (measured: 490 ms instead of 24 ms for one sentence with a trainer
     # beside it; fully loaded, PASSIVE costs nothing). libgomp reads this once, when torch loads, so
-    # it must be set before the first torch import; an operator-set value wins.
+    # it must be set before anything (the --help text reads the settings) might import torch; an
+    # operator-set value wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _parser().parse_args(argv)
     from inference_server.settings import ConfigError, load_settings
 
     try:

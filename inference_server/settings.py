@@ -181,11 +181,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
             return ServerSettings(**overrides)  # type: ignore[arg-type]
         # Explicit mapping (tests, the demo): match names case-insensitively like the env source.
         lowered = {k.lower(): v for k, v in environ.items()}
-        known = {
-            str(alias.choices[0]).lower(): str(alias.choices[0])
-            for info in ServerSettings.model_fields.values()
-            if isinstance(alias := info.validation_alias, AliasChoices)
-        }
+        known = {name.lower(): name for name in environment_variables()}
         data: dict[str, object] = {known[k]: v for k, v in lowered.items() if k in known}
         data.update(overrides)
         return ServerSettings.model_validate(data)

@@ -277,23 +277,27 @@ def to_job_result(
 
 
 # --- Prometheus: PromQL and parsing (pure) -------------------------------------------------------
-_PROMETHEUS_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-# The CRDs take Go durations (spec.drift.window: "1h30m", "1.5h", "90s"); PromQL has no fractions,
-# nanoseconds or microseconds, so such a window is rewritten in whole milliseconds.
-_GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w|y)")
+# Prometheus parses units largest first, each at most once ("1h30m", not "30m1h"); the CRDs take Go
+# durations (spec.drift.window: "1h30m", "1.5h", "90s", "30m1h"), which PromQL cannot read in general, so
+# such a window is rewritten in whole milliseconds. ASCII digits only: `\d` would take "١h".
+_PROMETHEUS_DURATION = re.compile(
+    r"(?=[0-9])(?:[0-9]+y)?(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m)?(?:[0-9]+s)?(?:[0-9]+ms)?"
+)
+_GO_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h|d|w|y)")
 _UNIT_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 _UNIT_MS |= {"d": 24 * _UNIT_MS["h"], "w": 7 * 24 * _UNIT_MS["h"], "y": 365 * 24 * _UNIT_MS["h"]}
 
 
 def _check_duration(value: str, what: str) -> str:
     """A PromQL range for ``value``: a Prometheus duration as it is, a Go duration in milliseconds."""
-    if not (_PROMETHEUS_DURATION.match(value) or _GO_DURATION.match(value)):
+    prometheus = _PROMETHEUS_DURATION.fullmatch(value) is not None
+    if not (prometheus or _GO_DURATION.fullmatch(value)):
         raise DriftInputError(f"{what} {value!r} is not a duration such as 1h, 30m, 7d or 1h30m")
     ms = round(sum(float(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(value)))
     if ms < 1:
         raise DriftInputError(f"{what} {value!r} is shorter than a millisecond; give one such as 1h")
-    return value if _PROMETHEUS_DURATION.match(value) else f"{ms}ms"
+    return value if prometheus else f"{ms}ms"
 
 
 def _label_value(value: str) -> str:

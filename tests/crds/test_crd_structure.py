@@ -21,6 +21,9 @@ from crd_schema import (
     unbounded_under_rules,
 )
 
+from inference_server.contract import DRIFT_THRESHOLD_DEFAULT
+from inference_server.settings import ServerSettings
+
 KINDS = sorted(CRD_FILES)
 # The Kubernetes release the local control plane builds (e2e/controlplane); kubernetes-validate
 # ships its schemas.
@@ -229,6 +232,26 @@ def test_model_defaults() -> None:
     assert spec["inference"]["maxTokens"] == 256
     assert spec["features"] == {"quantized": False, "explainability": False}
     assert "drift" not in spec  # drift watch only when asked for
+
+
+def test_model_defaults_and_bounds_are_what_the_server_and_the_drift_job_take() -> None:
+    """A default the server does not use, or a value the CRD accepts and the server refuses (a pod that
+    will not start), is a mistake found at 3 a.m.: tie the CRD to the settings it becomes."""
+    fields = ServerSettings.model_fields
+    inference = _node("SentimentModel", "spec")["properties"]["inference"]["properties"]
+    spec = apply_defaults({"drift": {}}, _node("SentimentModel", "spec"))
+    for crd_field, setting in (
+        ("maxTokens", "max_tokens"),
+        ("maxBatchSize", "max_batch_size"),
+        ("batchWaitMs", "batch_wait_ms"),
+    ):
+        assert spec["inference"][crd_field] == fields[setting].default, crd_field
+        bounds = {type(m).__name__: m for m in fields[setting].metadata}
+        if "Ge" in bounds:
+            assert inference[crd_field]["minimum"] >= bounds["Ge"].ge, crd_field
+        if "Le" in bounds:
+            assert inference[crd_field]["maximum"] <= bounds["Le"].le, crd_field
+    assert spec["drift"]["threshold"] == DRIFT_THRESHOLD_DEFAULT == fields["drift_threshold"].default
 
 
 def test_status_schema_is_closed() -> None:

@@ -130,7 +130,9 @@ def test_queries_use_contract_names_and_escape_the_version() -> None:
     assert RECORDED["confidence_v1"]["query"] == drift.confidence_query("v1", "2m")
 
 
-@pytest.mark.parametrize("bad", ["1 hour", "", "1h; drop", "h1", "1.5d", "0s", "0h0m", "500us"])
+@pytest.mark.parametrize(
+    "bad", ["1 hour", "", "1h; drop", "h1", "1.5d", "0s", "0h0m", "500us", "1h1d", "1h\n", "١h", "ms"]
+)
 def test_bad_window_is_refused(bad: str) -> None:
     with pytest.raises(drift.DriftInputError, match=r"duration such as|shorter than"):
         drift.confidence_query("v1", bad)
@@ -138,7 +140,15 @@ def test_bad_window_is_refused(bad: str) -> None:
 
 @pytest.mark.parametrize(
     ("window", "promql"),
-    [("7d", "7d"), ("1h30m", "1h30m"), ("24h", "24h"), ("1.5h", "5400000ms"), ("90.5s", "90500ms")],
+    [
+        ("7d", "7d"),
+        ("1h30m", "1h30m"),
+        ("24h", "24h"),
+        ("1.5h", "5400000ms"),
+        ("90.5s", "90500ms"),
+        ("30m1h", "5400000ms"),  # Go takes units in any order, Prometheus largest first
+        ("1h1h", "7200000ms"),
+    ],
 )
 def test_go_durations_of_the_crd_become_promql_ranges(window: str, promql: str) -> None:
     # spec.drift.window is a Go duration (the CRD's pattern); PromQL has no fractions

@@ -4,6 +4,7 @@ body reader."""
 from __future__ import annotations
 
 import unicodedata
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -103,7 +104,7 @@ async def test_latency_ends_when_the_response_is_sent_not_when_after_send_work_e
 ) -> None:
     """Work after the last body chunk (the log line) keeps no client waiting: not latency."""
     now = [100.0]
-    monkeypatch.setattr(middleware.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(middleware, "time", SimpleNamespace(perf_counter=lambda: now[0]))  # its clock only
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
