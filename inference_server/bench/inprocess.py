@@ -226,15 +226,14 @@ def _sliced_rates(
 
 def rate_at(
     m: LoadedModel,
-    texts: Sequence[str],
+    ids: Sequence[list[int]],
     *,
     batch_size: int,
     layout: str,
     min_time_s: float,
     min_batches: int = 2,
 ) -> float:
-    """Sentences/s at one batch size and layout (``Ceiling.best_layout``)."""
-    ids = encode_ids(m, list(texts))
+    """Sentences/s at one batch size and layout (``Ceiling.best_layout``) over token ids (``encode_ids``)."""
     if layout == ONE_PASS:
         return _throughput(lambda batch: forward_ids(m, batch), ids, batch_size, min_time_s, min_batches)
     with _sliced(m) as run:
@@ -243,26 +242,26 @@ def rate_at(
 
 def best_rate(
     m: LoadedModel,
-    texts: Sequence[str],
+    ids: Sequence[list[int]],
     candidates: Sequence[tuple[int, str]],
     *,
     min_time_s: float,
     min_batches: int,
 ) -> tuple[float, int, str]:
-    """A paired round's ceiling: the best (sentences/s, batch size, layout) of the candidates, each run
-    for at least ``min_time_s`` and ``min_batches`` batches. One short run of the sweep's winner was
-    noisy enough that the server beat its ceiling in 3 rounds of 8; the best of several sizes, each
+    """A paired round's ceiling: the best (sentences/s, batch size, layout) of the candidates (at least
+    one: ``paired.ceiling_candidates`` always holds the sweep's winner), each run over the token ids
+    ``ids`` for at least ``min_time_s`` and ``min_batches`` batches. One short run of the sweep's winner
+    was noisy enough that the server beat its ceiling in 3 rounds of 8; the best of several sizes, each
     over several batches, is a ceiling the server should not reach."""
-    best: tuple[float, int, str] | None = None
-    for batch_size, layout in candidates:
-        rate = rate_at(
-            m, texts, batch_size=batch_size, layout=layout, min_time_s=min_time_s, min_batches=min_batches
+    rates = [
+        (
+            rate_at(m, ids, batch_size=bs, layout=layout, min_time_s=min_time_s, min_batches=min_batches),
+            bs,
+            layout,
         )
-        if best is None or rate > best[0]:
-            best = (rate, batch_size, layout)
-    if best is None:
-        raise ValueError("best_rate needs at least one candidate")
-    return best
+        for bs, layout in candidates
+    ]
+    return max(rates, key=lambda x: x[0])  # the first of equal rates; ValueError without candidates
 
 
 def _threads_now() -> int:

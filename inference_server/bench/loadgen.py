@@ -24,7 +24,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,30 +49,14 @@ class RunResult:
     max_send_lag_ms: float = 0.0  # open loop: how late the client itself sent (its own share of latency)
     first_error: str | None = None
     warmup_errors: int = 0  # failed warm-up requests (not measured, but a server that fails them is suspect)
-    batches: float | None = None  # forward passes the server ran during the run (from its /metrics)
-    batched_items: float | None = None  # texts those forward passes held
-    forward_s: float | None = None  # seconds those passes took on the server's forward thread
-    # The server's own request-latency histogram over the run (its /infer answers with status 2xx):
-    # seconds summed and requests counted, from the metrics middleware seeing the request to the
-    # response sent (serialisation and the send included).
-    request_s: float | None = None
-    request_count: float | None = None
+    # What the server's /metrics histograms gained over the measured window, by the spec's key: (sum,
+    # count). ``batch``: texts and forward passes; ``forward``: seconds and passes on the forward thread;
+    # ``request``: seconds and /infer answers with status 2xx, from the metrics middleware seeing the
+    # request to the response sent (serialisation and the send included). Empty for the naive app.
+    histograms: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "records": self.records,
-            "elapsed_s": self.elapsed_s,
-            "client_cpu_s": self.client_cpu_s,
-            "max_send_lag_ms": self.max_send_lag_ms,
-            "first_error": self.first_error,
-            "warmup_errors": self.warmup_errors,
-            "batches": self.batches,
-            "batched_items": self.batched_items,
-            "forward_s": self.forward_s,
-            "request_s": self.request_s,
-            "request_count": self.request_count,
-        }
+        return asdict(self)
 
 
 def _cpu_s() -> float:
@@ -148,16 +132,6 @@ def histogram_deltas(before: Totals | None, after: Totals | None) -> dict[str, t
     }
 
 
-def _set_server_figures(result: RunResult, before: Totals | None, after: Totals | None) -> None:
-    deltas = histogram_deltas(before, after)
-    if "batch" in deltas:
-        result.batched_items, result.batches = deltas["batch"]
-    if "forward" in deltas:
-        result.forward_s = deltas["forward"][0]
-    if "request" in deltas:
-        result.request_s, result.request_count = deltas["request"]
-
-
 async def _warm(
     client: Any,
     url: str,
@@ -226,7 +200,7 @@ async def closed_loop(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed_s = time.perf_counter() - start
     result.client_cpu_s = _cpu_s() - cpu0
-    _set_server_figures(result, before, await _totals(client, metrics))
+    result.histograms = histogram_deltas(before, await _totals(client, metrics))
     return result
 
 
@@ -275,7 +249,7 @@ async def open_loop(
     result.elapsed_s = time.perf_counter() - start
     result.client_cpu_s = _cpu_s() - cpu0
     result.max_send_lag_ms = lag * 1000.0
-    _set_server_figures(result, before, await _totals(client, metrics))
+    result.histograms = histogram_deltas(before, await _totals(client, metrics))
     return result
 
 

@@ -2,9 +2,11 @@
 
 The 1-minute load average counts the benchmark's own servers, load generator and in-process passes, so
 it is high on a quiet machine under load and says nothing about neighbours. Here: the CPU time the
-kernel counts for all CPUs (``/proc/stat``) minus the CPU time of the benchmark's process tree (this
-process, its live descendants and the descendants it has reaped, from ``/proc/<pid>/stat``), sampled
-at phase boundaries. What is left is what others took from the cores the benchmark measured on.
+kernel counts for the CPUs the benchmark may run on (the ``cpuN`` lines of ``/proc/stat`` for its CPU
+affinity: on a cpuset-limited host, work on cores it cannot use is no neighbour of it) minus the CPU
+time of the benchmark's process tree (this process, its live descendants and the descendants it has
+reaped, from ``/proc/<pid>/stat``), sampled at phase boundaries. What is left is what others took from
+the cores the benchmark measured on.
 
 Parsing and the arithmetic are pure (tested); ``CpuMonitor`` only reads ``/proc``.
 """
@@ -17,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Below this, an interval's share is dominated by the clock tick (10 ms per CPU): not used for the max.
 MIN_INTERVAL_S = 1.0
@@ -28,33 +30,57 @@ BUSY_CORES = 0.25
 
 @dataclass(frozen=True)
 class CpuTimes:
-    """Cumulative clock ticks since boot: all CPUs busy (user, nice, system), stolen by the hypervisor."""
+    """Cumulative clock ticks since boot over a set of CPUs: busy (user, nice, system), stolen by the
+    hypervisor."""
 
     busy: int
     steal: int
 
 
-def parse_proc_stat(text: str) -> CpuTimes:
-    """The aggregate ``cpu`` line of ``/proc/stat``. Busy is user + nice + system (a niced neighbour
-    counts: it still takes cycles whenever the benchmark sleeps); irq and softirq are left out because
-    the kernel charges the benchmark's own loopback traffic there, to no process."""
+def parse_proc_stat(text: str, cpus: Iterable[int]) -> CpuTimes:
+    """The ``cpuN`` lines of ``/proc/stat`` for N in ``cpus``, added up (a CPU without a line, e.g.
+    offline, counts nothing). Busy is user + nice + system (a niced neighbour counts: it still takes
+    cycles whenever the benchmark sleeps); irq and softirq are left out because the kernel charges the
+    benchmark's own loopback traffic there, to no process."""
+    wanted = {f"cpu{n}" for n in cpus}
+    busy = steal = 0
+    found = False
     for line in text.splitlines():
         fields = line.split()
-        if fields and fields[0] == "cpu":
-            values = [int(x) for x in fields[1:]]
-            values += [0] * (8 - len(values))
-            user, nice, system, _idle, _iowait, _irq, _softirq, steal = values[:8]
-            return CpuTimes(user + nice + system, steal)
-    raise ValueError("no aggregate 'cpu' line in /proc/stat")
+        if not fields or fields[0] not in wanted:
+            continue
+        values = [int(x) for x in fields[1:]]
+        values += [0] * (8 - len(values))
+        user, nice, system, _idle, _iowait, _irq, _softirq, cpu_steal = values[:8]
+        busy += user + nice + system
+        steal += cpu_steal
+        found = True
+    if not found:
+        raise ValueError("no 'cpuN' line in /proc/stat for the CPUs asked for")
+    return CpuTimes(busy, steal)
+
+
+class TaskStat(NamedTuple):
+    """The fields of one ``/proc/<pid>/stat`` (or ``/proc/<pid>/task/<tid>/stat``) the bench reads, in
+    clock ticks: the task's own user and system time, and that of the children it has reaped."""
+
+    ppid: int
+    utime: int
+    stime: int
+    cutime: int
+    cstime: int
+
+
+def parse_task_stat(text: str) -> TaskStat:
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces or ')'
+    return TaskStat(int(fields[1]), *(int(fields[i]) for i in (11, 12, 13, 14)))
 
 
 def parse_pid_stat(text: str) -> tuple[int, int]:
     """(parent pid, clock ticks) of one ``/proc/<pid>/stat``: its own user + system time plus that of
     the children it has reaped (cutime, cstime), so a finished load generator is still counted."""
-    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces or ')'
-    ppid = int(fields[1])
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return ppid, utime + stime + cutime + cstime
+    s = parse_task_stat(text)
+    return s.ppid, s.utime + s.stime + s.cutime + s.cstime
 
 
 def tree_ticks(root: int, processes: Mapping[int, tuple[int, int]]) -> int:
@@ -159,14 +185,17 @@ class CpuMonitor:
     """Samples at phase boundaries (``mark``); cheap enough (one /proc scan, a few ms) to call around
     every load-generator run. Without ``/proc`` it records nothing and ``summary`` is None."""
 
-    def __init__(self, root_pid: int | None = None) -> None:
-        self.root = root_pid or os.getpid()
+    def __init__(self) -> None:
+        self.root = os.getpid()
+        # The CPUs the benchmark and its children may run on (none without the call: nothing recorded).
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        self.cpus = frozenset(affinity)
         self.samples: list[CpuSample] = []
         self.ticks_per_s = float(os.sysconf("SC_CLK_TCK"))
 
     def mark(self, label: str) -> None:
         try:
-            times = parse_proc_stat(Path("/proc/stat").read_text())
+            times = parse_proc_stat(Path("/proc/stat").read_text(), self.cpus)
             tree = tree_ticks(self.root, _read_processes(os.listdir("/proc")))
         except (OSError, ValueError):
             return

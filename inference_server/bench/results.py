@@ -188,16 +188,13 @@ class BenchResults:
         return OthersCpu.from_dict(raw) if raw else None
 
     def to_dict(self) -> dict[str, Any]:
-        def closed(r: ClosedRun) -> dict[str, Any]:
-            return {**r.__dict__, "summary": r.summary.to_dict()}
-
-        def opened(r: OpenRun) -> dict[str, Any]:
+        def run(r: ClosedRun | OpenRun) -> dict[str, Any]:
             return {**r.__dict__, "summary": r.summary.to_dict()}
 
         return {
             "meta": self.meta,
-            "closed": [closed(r) for r in self.closed],
-            "open": [opened(r) for r in self.open],
+            "closed": [run(r) for r in self.closed],
+            "open": [run(r) for r in self.open],
             "ceilings": [c.to_dict() for c in self.ceilings],
             "quality": self.quality.to_dict() if self.quality else None,
             "notes": self.notes,

@@ -366,10 +366,11 @@ def _summary_of(run: dict[str, Any], *, count_failures: bool = False) -> tuple[R
     return summary, ok
 
 
-def _request_mean_ms(run: dict[str, Any]) -> float | None:
-    """Mean of the server's request-latency histogram over the run (answered /infer requests)."""
-    total_s, count = run.get("request_s"), run.get("request_count")
-    return total_s / count * 1000.0 if total_s is not None and count else None
+def _mean(run: dict[str, Any], key: str, scale: float = 1.0) -> float | None:
+    """Sum over count of one server histogram's change over the run (loadgen's ``histograms``), times
+    ``scale``; None without the histogram (the naive app, a failed scrape) or with no observations."""
+    total, count = run.get("histograms", {}).get(key, (None, None))
+    return total / count * scale if count else None
 
 
 def closed_runs(
@@ -404,10 +405,10 @@ def closed_runs(
             statistics.median(server_ms) if server_ms else None,
             run["client_cpu_s"] / run["elapsed_s"] if run["elapsed_s"] else 0.0,
             agreement,
-            _mean_batch(run),
+            _mean(run, "batch"),
             statistics.fmean(server_ms) if server_ms else None,
-            _mean_forward_ms(run),
-            request_mean_ms=_request_mean_ms(run),
+            _mean(run, "forward", 1000.0),
+            request_mean_ms=_mean(run, "request", 1000.0),
             warmup_errors=int(run.get("warmup_errors", 0)),
             first_error=run["first_error"],
             confusion=confusion_of(run["records"], inputs.labels),
@@ -450,7 +451,7 @@ def open_run(variant: str, url: str, inputs: InputSet, rate: float, bench: Bench
         summary,
         run["max_send_lag_ms"],
         run["client_cpu_s"] / run["elapsed_s"] if run["elapsed_s"] else 0.0,
-        _mean_batch(run),
+        _mean(run, "batch"),
         warmup_errors=int(run.get("warmup_errors", 0)),
         first_error=run["first_error"],
     )
@@ -460,17 +461,6 @@ def open_run(variant: str, url: str, inputs: InputSet, rate: float, bench: Bench
         f"{result.warmup_errors} warm-up errors" + (" — INVALID" if invalid(result) else "")
     )
     return result
-
-
-def _mean_forward_ms(run: dict[str, Any]) -> float | None:
-    """Mean milliseconds per forward pass on the server's forward thread during the run."""
-    forward_s, batches = run.get("forward_s"), run.get("batches")
-    return forward_s / batches * 1000.0 if forward_s is not None and batches else None
-
-
-def _mean_batch(run: dict[str, Any]) -> float | None:
-    batches, items = run.get("batches"), run.get("batched_items")
-    return items / batches if batches else None
 
 
 def _server(variant: str, model_dir: Path, bench: Bench) -> AbstractContextManager[RunningServer]:
@@ -518,8 +508,9 @@ def bench_variant(
             res.open.append(open_run(variant, url, s, rate, bench))
 
 
-def _round_ceiling(m: Any, ceil: Ceiling, inputs: InputSet, plan: Plan) -> tuple[float, str]:
-    """(sentences/s, "batch, layout") of the best candidate this round (paired.ceiling_candidates)."""
+def _round_ceiling(m: Any, ceil: Ceiling, ids: Sequence[list[int]], plan: Plan) -> tuple[float, str]:
+    """(sentences/s, "batch, layout") of the best candidate this round (paired.ceiling_candidates), over
+    the inputs' token ids."""
     from inference_server.bench.inprocess import best_rate, sliced_layout
 
     candidates = ceiling_candidates(
@@ -530,7 +521,7 @@ def _round_ceiling(m: Any, ceil: Ceiling, inputs: InputSet, plan: Plan) -> tuple
     )
     rate, batch_size, layout = best_rate(
         m,
-        inputs.texts,
+        ids,
         candidates,
         min_time_s=plan.paired_ceiling_s,
         min_batches=plan.paired_ceiling_batches,
@@ -551,7 +542,11 @@ def run_paired(
     servers = [v for v in ("naive", "fp32", "int8") if v in variants]
     if plan.paired_rounds <= 0 or not servers:
         return
+    from inference_server.runtime.model import encode_ids
+
     log(f"paired rounds at c={PAIRED_CONCURRENCY}: {plan.paired_rounds} per length, {', '.join(servers)}")
+    # The ceilings' token ids: tokenised once per precision and length, not per candidate and round.
+    ids = {(p, s.name): encode_ids(m, list(s.texts)) for p, m in models.items() for s in inputs}
     with contextlib.ExitStack() as stack:
         running = {v: stack.enter_context(_server(v, model_dir, bench)) for v in servers}
         for s in inputs:
@@ -560,7 +555,9 @@ def run_paired(
                 for precision, m in models.items():
                     ceil = res.ceiling(precision, s.name)
                     if ceil is not None:
-                        ceilings[precision], configs[precision] = _round_ceiling(m, ceil, s, plan)
+                        ceilings[precision], configs[precision] = _round_ceiling(
+                            m, ceil, ids[(precision, s.name)], plan
+                        )
                 bench.monitor.mark(f"paired ceilings, {s.name} round {k + 1}")
                 for v, server in running.items():
                     rps[v], loop_ms[v], failed = _paired_cell(v, server, s, k, bench)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from inference_server.bench.machine import parse_task_stat
 from inference_server.contract import Env
 
 HOST = "127.0.0.1"
@@ -27,6 +28,11 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
 # (c)/(d) run torch's threads alike. Spinning idle threads make a 2-thread pass collapse whenever
 # anything else runs (Findings of docs/reports/server-benchmark.md).
 SERVER_OMP_WAIT_POLICY = "PASSIVE"
+# Thread counts and spinning of the OpenMP and MKL runtimes torch links: what the harness's shell
+# exported would change how a server runs its threads (the naive app's torch defaults, baseline (a),
+# most of all) without showing in the report, so no server inherits them.
+THREAD_RUNTIME_VARIABLES = frozenset({"OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT"})
+THREAD_RUNTIME_PREFIX = "KMP_"  # Intel's OpenMP runtime: KMP_BLOCKTIME, KMP_AFFINITY, …
 # What the bench chooses for sentiment-server beyond the model and the address: no rate limits (0
 # disables a limiter, serving/ratelimit.py), since a 429 under a benchmark's load would measure the
 # limiter, not the server. Everything else is the settings' default.
@@ -53,9 +59,8 @@ class RunningServer:
 def thread_cpu_s(pid: int, tid: int | None = None) -> float:
     """CPU seconds (user + system) one thread of a process has used; the main thread by default, which
     is the event loop in uvicorn. Linux only: ``/proc/<pid>/task/<tid>/stat``."""
-    stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    stat = parse_task_stat(Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text())
+    return (stat.utime + stat.stime) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -93,12 +98,16 @@ def server_setting_names() -> frozenset[str]:
 
 
 def child_env(inherited: Mapping[str, str], chosen: Mapping[str, str]) -> dict[str, str]:
-    """A server's environment: the harness's minus every server setting (and the OpenMP wait policy),
-    plus what the bench chose. Without this a server would pick up whatever TORCH_THREADS,
-    MAX_BATCH_SIZE, RATE_LIMIT_… the shell running the bench happened to export, while the report
-    printed the defaults."""
-    dropped = server_setting_names()
-    kept = {k: v for k, v in inherited.items() if k.lower() not in dropped}
+    """A server's environment: the harness's minus every server setting (and the OpenMP wait policy)
+    and the OpenMP/MKL thread variables (``THREAD_RUNTIME_VARIABLES``, ``KMP_*``), plus what the bench
+    chose. Without this a server would pick up whatever TORCH_THREADS, MAX_BATCH_SIZE, RATE_LIMIT_…,
+    OMP_NUM_THREADS the shell running the bench happened to export, while the report printed the
+    defaults."""
+    dropped = server_setting_names() | {name.lower() for name in THREAD_RUNTIME_VARIABLES}
+    prefix = THREAD_RUNTIME_PREFIX.lower()
+    kept = {
+        k: v for k, v in inherited.items() if k.lower() not in dropped and not k.lower().startswith(prefix)
+    }
     return {**kept, **chosen}
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -72,35 +73,16 @@ def summarise(
     )
 
 
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def _labels(metric: str) -> dict[str, str]:
-    """The label set of one exposition sample name, e.g. ``x_sum{a="1",b="2"}`` → {"a": "1", "b": "2"}."""
-    _, brace, rest = metric.partition("{")
-    return dict(_LABEL.findall(rest)) if brace else {}
-
-
 def histogram_totals(
     exposition: str, name: str, labels: Mapping[str, str] | None = None
 ) -> tuple[float, float]:
     """(sum, count) of a Prometheus histogram in text exposition, added over the label sets that carry
     every pair of ``labels`` (all label sets when None): e.g. the request latency of ``/infer`` answers
     with ``status_class="2xx"`` only, not of the /metrics scrapes or of failed requests."""
-    total_sum = total_count = 0.0
-    wanted = dict(labels or {})
-    for line in exposition.splitlines():
-        if not (line.startswith(f"{name}_sum") or line.startswith(f"{name}_count")):
-            continue
-        metric, _, value = line.rpartition(" ")
-        base = metric.split("{", 1)[0]
-        if base not in (f"{name}_sum", f"{name}_count"):
-            continue
-        found = _labels(metric)
-        if any(found.get(k) != v for k, v in wanted.items()):
-            continue
-        if base == f"{name}_sum":
-            total_sum += float(value)
-        else:
-            total_count += float(value)
-    return total_sum, total_count
+    wanted = dict(labels or {}).items()
+    totals = {f"{name}_sum": 0.0, f"{name}_count": 0.0}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name in totals and wanted <= sample.labels.items():
+                totals[sample.name] += sample.value
+    return totals[f"{name}_sum"], totals[f"{name}_count"]
