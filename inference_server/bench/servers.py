@@ -93,8 +93,7 @@ def server_setting_names() -> frozenset[str]:
     case-insensitively, so ``max_batch_size`` counts as much as ``MAX_BATCH_SIZE``)."""
     from inference_server.settings import environment_variables
 
-    names = {str(e) for e in Env} | set(environment_variables()) | {OMP_WAIT_POLICY}
-    return frozenset(name.lower() for name in names)
+    return frozenset(name.lower() for name in [*environment_variables(), OMP_WAIT_POLICY])
 
 
 def child_env(inherited: Mapping[str, str], chosen: Mapping[str, str]) -> dict[str, str]:

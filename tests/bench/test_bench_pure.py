@@ -209,15 +209,7 @@ def test_targets_pass_when_every_line_is_met() -> None:
 
 
 def test_targets_miss_each_line_independently() -> None:
-    res = _results(
-        fp32_rps=100,
-        naive_rps=40,
-        int8_rps=150,
-        ceiling=130,
-        fp32_c1_p50=21.0,
-        bare_p50=18.0,
-        f1=(0.84, 0.825),
-    )
+    res = _results(naive_rps=40, int8_rps=150, ceiling=130, fp32_c1_p50=21.0, f1=(0.84, 0.825))
     verdicts = {t.name: t.passed for t in evaluate_targets(res)}
     assert verdicts["fp32 server vs naive, c=32, short"] is False  # 2.5×
     assert verdicts["fp32 server vs raw ceiling, c=32, short"] is False  # 77%
@@ -328,15 +320,7 @@ def test_paired_rounds_judge_the_c32_lines_by_the_median_of_each_rounds_own_rati
 
     from inference_server.bench.paired import PairedRound
 
-    res = _results(
-        fp32_rps=120,
-        naive_rps=30,
-        int8_rps=180,
-        ceiling=140,
-        fp32_c1_p50=19.5,
-        bare_p50=18.0,
-        f1=(0.84, 0.835),
-    )
+    res = _results(fp32_rps=120, ceiling=140)
     for k, (fp32, int8_rps, ceiling_sps) in enumerate([(100, 175, 120), (90, 160, 125), (110, 190, 130)]):
         res.paired.append(
             PairedRound(
