@@ -7,7 +7,9 @@ checkpoint of the input position are committed together:
   bytes) is replaced atomically. A run killed in between leaves output beyond the checkpoint; the next
   run truncates the file back to the committed size before it continues, so nothing is written twice.
 - SQLite: the upserts and the checkpoint row go in one transaction.
-Re-running a finished shard reads its checkpoint and writes nothing.
+Re-running a finished shard reads its checkpoint and writes nothing. A JSONL checkpoint also holds the
+sha256 of the input bytes it consumed, so a resumed run refuses an input rewritten in place (one that
+only grew at its end resumes), and one process at a time writes a JSONL shard (a lock file beside it).
 
 Sharding for a Kubernetes Indexed Job: shard JOB_COMPLETION_INDEX of JOB_COMPLETIONS takes the ids
 whose stable hash (sha256 of the id's text) modulo the shard count equals its index, so the shards
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -32,7 +35,6 @@ import re
 import signal
 import sqlite3
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +50,7 @@ from inference_server.ml.common import (
     cli_error,
     model_version_of,
 )
+from inference_server.runtime.atomic import write_bytes_atomic
 
 CHECKPOINT_VERSION: Final = 1
 DEFAULT_CHUNK: Final = 256
@@ -64,7 +67,7 @@ class ReprocessError(MLInputError):
 
 @dataclass(frozen=True)
 class Record:
-    id: Any  # as it appears in the input (str or int); str(id) keys hashing and deduplication
+    id: Any  # as it appears in the input: a string or a number (never a boolean)
     text: str
 
 
@@ -74,12 +77,19 @@ Scorer = Callable[[Sequence[Record]], list[Scored]]
 
 # --- pure decisions ---------------------------------------------------------------------------------
 def id_key(record_id: Any) -> str:
-    return str(record_id)
+    """When two ids are the same record: as a SQLite key compares them, so that both outputs agree —
+    the string "1" and the number 1 differ, the numbers 1 and 1.0 do not."""
+    if isinstance(record_id, str):
+        return f"s:{record_id}"
+    if isinstance(record_id, float) and record_id.is_integer():
+        return f"n:{int(record_id)}"
+    return f"n:{record_id}"
 
 
 def shard_of(record_id: Any, shards: int) -> int:
-    """Stable across processes, machines and Python versions (unlike hash())."""
-    digest = hashlib.sha256(id_key(record_id).encode("utf-8")).digest()
+    """Stable across processes, machines and Python versions (unlike hash()); hashes the id's text,
+    so "5" and 5 fall in the same shard (as they always have: existing checkpoints stay valid)."""
+    digest = hashlib.sha256(str(record_id).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % shards
 
 
@@ -159,7 +169,11 @@ class JsonlSource:
             return sum(1 for line in fh if line.strip())
 
     def chunks(self, position: Any, size: int) -> Iterator[tuple[list[Record], Any]]:
-        offset = int(position or 0)
+        """Positions are ``{"offset": bytes consumed, "sha256": of those bytes}``: a resumed run checks
+        that the input still begins with what the checkpoint consumed. An input rewritten in place
+        (ids inserted before the offset, or the offset landing mid-line) would otherwise lose records
+        silently; one that only grew at its end (a log appended to) resumes."""
+        offset, digest = self._resume(position)
         with self.path.open("rb") as fh:
             fh.seek(offset)
             chunk: list[Record] = []
@@ -167,25 +181,52 @@ class JsonlSource:
             while line := fh.readline():
                 where = offset
                 offset += len(line)
+                digest.update(line)
                 if line.strip():
                     chunk.append(_parse_line(line, self.path, where))
                 if len(chunk) >= size:
-                    yield chunk, offset
+                    yield chunk, {"offset": offset, "sha256": digest.hexdigest()}
                     chunk, yielded = [], offset
             if offset != yielded:  # the tail, or blank lines only: the position still moves on
-                yield chunk, offset
+                yield chunk, {"offset": offset, "sha256": digest.hexdigest()}
+
+    def _resume(self, position: Any) -> tuple[int, Any]:
+        digest = hashlib.sha256()
+        if position is None:
+            return 0, digest
+        if isinstance(position, int):  # a checkpoint from before the fingerprint: trusted as it is
+            return position, digest
+        offset, expected = int(position["offset"]), str(position["sha256"])
+        with self.path.open("rb") as fh:
+            remaining = offset
+            while remaining > 0 and (block := fh.read(min(remaining, 1 << 20))):
+                digest.update(block)
+                remaining -= len(block)
+        if remaining > 0 or digest.hexdigest() != expected:
+            raise ReprocessError(
+                f"{self.path} changed since the checkpoint: its first {offset} bytes are not the ones "
+                "already processed (only appending to the input is safe); restore the input, or "
+                "delete this shard's output and checkpoint to redo it"
+            )
+        return offset, digest
 
 
 def _parse_line(line: bytes, path: Path, offset: int) -> Record:
     try:
         obj = json.loads(line)
-        if not isinstance(obj["text"], str) or obj["id"] is None or isinstance(obj["id"], dict | list):
+        if not isinstance(obj["text"], str) or not _usable_id(obj["id"]):
             raise TypeError("id must be a string or number, text a string")
         return Record(obj["id"], obj["text"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ReprocessError(
             f"{path} at byte {offset}: each line must be a JSON object with 'id' and 'text' ({exc})"
         ) from None
+
+
+def _usable_id(value: Any) -> bool:
+    """A string or a number. Not null (nothing to resume or upsert by), not a boolean (JSON's true would
+    be the id 1 in SQLite but "True" as text), not a container."""
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
 @dataclass
@@ -202,10 +243,12 @@ class SqliteSource:
         columns = f"{identifier(self.id_column, 'id column')}, {identifier(self.text_column, 'text column')}"
         self._sql = f"SELECT {columns} FROM {identifier(self.table, 'input table')}"
         self.description = f"sqlite:{self.db.resolve()}#{self.table}"
-        self._refuse_null_ids()  # before any output exists
+        self._refuse_unusable_rows()  # before any output exists
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=60)
+        # as_uri() percent-encodes the path: a '#' or '?' in it would otherwise end the file name, drop
+        # mode=ro, and open (and create) another file read-write.
+        return sqlite3.connect(f"{self.db.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
 
     def total(self) -> int | None:
         with contextlib.closing(self._connect()) as con:
@@ -226,30 +269,37 @@ class SqliteSource:
                 rows = con.execute(f"{self._sql}{where} ORDER BY {idc} LIMIT ?", (*params, size)).fetchall()
                 if not rows:
                     return
-                nulls = sum(r[0] is None for r in rows)
-                if nulls:  # inserted since the check: refuse rather than loop
-                    raise ReprocessError(self._null_ids_message(nulls))
+                bad = [r for r in rows if not _usable_id(r[0]) or not isinstance(r[1], str)]
+                if bad:  # inserted since the check: refuse rather than loop or score "None"
+                    raise ReprocessError(self._unusable_message(len(bad)))
                 last = rows[-1][0]
-                yield [Record(r[0], str(r[1])) for r in rows], last
+                yield [Record(r[0], r[1]) for r in rows], last
 
-    def _refuse_null_ids(self) -> None:
-        """A NULL id breaks keyset paging (NULL sorts first and `id > NULL` matches nothing, so paging
-        restarted from the top forever) and cannot be upserted by id: refused like a null id in JSONL."""
+    def _refuse_unusable_rows(self) -> None:
+        """Rows this command cannot process, refused before any output is written, as in JSONL: a NULL
+        id breaks keyset paging (NULL sorts first and `id > NULL` matches nothing, so paging restarted
+        from the top forever) and cannot be upserted by; a BLOB id cannot be written as JSON; a text
+        that is NULL or not text would be scored as the string "None" or a number's digits."""
         idc = identifier(self.id_column, "id column")
+        txc = identifier(self.text_column, "text column")
+        query = (
+            f"SELECT COUNT(*) FROM ({self._sql}) WHERE {idc} IS NULL OR typeof({idc}) = 'blob' "
+            f"OR typeof({txc}) != 'text'"
+        )
         with contextlib.closing(self._connect()) as con:
             try:
-                query = f"SELECT COUNT(*) FROM ({self._sql}) WHERE {idc} IS NULL"
-                nulls = int(con.execute(query).fetchone()[0])
+                bad = int(con.execute(query).fetchone()[0])
             except sqlite3.Error as exc:
                 raise ReprocessError(f"cannot read {self.description}: {exc}") from None
-        if nulls:
-            raise ReprocessError(self._null_ids_message(nulls))
+        if bad:
+            raise ReprocessError(self._unusable_message(bad))
 
-    def _null_ids_message(self, count: int) -> str:
+    def _unusable_message(self, count: int) -> str:
         return (
-            f"{self.description}: {count} row(s) have a NULL {self.id_column}; every record needs an id "
-            f"to be written and resumed by — fill them in, or select a view without them "
-            f"(e.g. WHERE {self.id_column} IS NOT NULL)"
+            f"{self.description}: {count} row(s) have a NULL or binary {self.id_column}, or a "
+            f"{self.text_column} that is not text; every record needs an id (text or number) to be "
+            f"written and resumed by, and a text to score — fix them, or select a view without them "
+            f"(e.g. WHERE {self.id_column} IS NOT NULL AND typeof({self.text_column}) = 'text')"
         )
 
 
@@ -275,26 +325,8 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_durably(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"), durable=True)
 
 
 def _kill_hook() -> Callable[[int], None]:
@@ -310,22 +342,66 @@ def _kill_hook() -> Callable[[int], None]:
     return hook
 
 
+_PART = re.compile(r"^part-(\d+)-of-(\d+)\.jsonl$")
+
+
+def _other_shard_counts(directory: Path, shards: int) -> list[str]:
+    """Part files in ``directory`` written with another shard count."""
+    return sorted(
+        p.name for p in directory.iterdir() if (m := _PART.match(p.name)) and int(m.group(2)) != shards
+    )
+
+
 class JsonlSink:
-    """DIR/part-<index>-of-<count>.jsonl plus its .checkpoint.json."""
+    """DIR/part-<index>-of-<count>.jsonl plus its .checkpoint.json, written by one process at a time
+    (an exclusive lock on its .lock file)."""
 
     def __init__(self, directory: Path, shard: int, shards: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         stem = f"part-{shard:05d}-of-{shards:05d}"
+        self.shards = shards
         self.output = directory / f"{stem}.jsonl"
         self.checkpoint_path = directory / f"{stem}.checkpoint.json"
+        self.lock_path = directory / f"{stem}.lock"
         self.description = str(self.output)
         self._keys: set[str] = set()
         self._identity: dict[str, Any] = {}
         self._fh: Any = None
+        self._lock_fd: int | None = None
         self._hook = _kill_hook()
+
+    def _take_lock(self) -> None:
+        """A second writer of the same shard (a replacement pod started while the old one is still
+        stopping, a shard re-run by hand) would append every record again: refuse it. The kernel drops
+        the lock when its holder dies, so a killed run never leaves the shard locked."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ReprocessError(
+                f"another reprocess is writing {self.output} (it holds {self.lock_path}); wait for it to "
+                "finish or stop it, then run again to resume"
+            ) from None
+        self._lock_fd = fd
 
     def open(self, identity: dict[str, Any]) -> Checkpoint:
         self._identity = identity
+        if others := _other_shard_counts(self.output.parent, self.shards):
+            raise ReprocessError(
+                f"{self.output.parent} holds output written with another shard count ({others[0]}): "
+                "each count splits the ids differently, so mixing them writes records twice; rerun with "
+                "the shard count it was written with, or choose another --output-dir"
+            )
+        self._take_lock()
+        try:
+            return self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def _recover(self) -> Checkpoint:
+        """The committed checkpoint, with the output cut back to what it covers."""
         for stale in self.checkpoint_path.parent.glob(f".{self.checkpoint_path.name}.*.tmp"):
             stale.unlink(missing_ok=True)  # a checkpoint write that a kill interrupted
         if self.checkpoint_path.exists():
@@ -343,7 +419,7 @@ class JsonlSink:
                     f"checkpoint {self.checkpoint_path} is unreadable ({exc}); delete it and "
                     f"{self.output} to start this shard over"
                 ) from None
-            _check_identity(stored, identity, self.checkpoint_path)
+            _check_identity(stored, self._identity, self.checkpoint_path)
         elif self.output.exists() and self.output.stat().st_size > 0:
             raise ReprocessError(
                 f"{self.output} exists without a checkpoint: it was not written by this command; "
@@ -402,6 +478,9 @@ class JsonlSink:
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
 
 class SqliteSink:
@@ -530,11 +609,11 @@ def reprocess(
 ) -> Stats:
     stats = Stats()
     cp = sink.open(identity)
-    stats.resumed_from = cp.records_written
-    if cp.done:
-        stats.already_done = True
-        return stats
     try:
+        stats.resumed_from = cp.records_written
+        if cp.done:
+            stats.already_done = True
+            return stats
         for chunk, position in source.chunks(cp.position, chunk_size):
             stats.read += len(chunk)
             mine: dict[str, Record] = {}

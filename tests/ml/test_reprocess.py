@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -438,7 +439,7 @@ def test_sql_input_with_null_ids_is_refused_not_looped_over(
     con.commit()
     con.close()
     # Paging restarted from the top on a NULL last id: bound the iteration so the old code fails, not hangs.
-    with pytest.raises(RP.ReprocessError, match=r"11 row.* NULL id"):
+    with pytest.raises(RP.ReprocessError, match=r"11 row.* NULL or binary id"):
         list(itertools.islice(RP.SqliteSource(db, "reviews").chunks(None, 10), 50))
     out = tmp_path / "out.db"
     argv = [
@@ -455,7 +456,7 @@ def test_sql_input_with_null_ids_is_refused_not_looped_over(
         str(tiny_model_dir),
     ]
     assert cli(argv) == 2
-    assert "NULL id" in capsys.readouterr().err
+    assert "NULL or binary id" in capsys.readouterr().err
     assert not out.exists()  # refused before any output was created
 
 
@@ -523,3 +524,97 @@ def test_job_completion_index_without_job_completions_is_refused(
     )
     assert f"set {Env.JOB_COMPLETIONS}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _run_jsonl(src: Path, out: Path, *, shards: int = 1, shard: int = 0, chunk: int = 4) -> RP.Stats:
+    return RP.reprocess(
+        RP.JsonlSource(src),
+        RP.JsonlSink(out, shard, shards),
+        fake_scorer,
+        shard=shard,
+        shards=shards,
+        identity=IDENTITY,
+        chunk_size=chunk,
+    )
+
+
+def test_an_input_rewritten_before_the_checkpoint_is_refused_and_one_appended_to_resumes(
+    tmp_path: Path,
+) -> None:
+    # The checkpoint held only a byte offset: ids inserted at the front were skipped, silently.
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    lines = [json.dumps({"id": f"r{i}", "text": "great film"}) + "\n" for i in range(6)]
+    src.write_text("".join(lines))
+    _run_jsonl(src, out)
+    appended = [json.dumps({"id": f"r{i}", "text": "awful film"}) + "\n" for i in range(6, 9)]
+    src.write_text("".join(lines + appended))  # a log that grew: resumes after what was done
+    checkpoint = out / "part-00000-of-00001.checkpoint.json"
+    done = json.loads(checkpoint.read_text())
+    checkpoint.write_text(json.dumps({**done, "done": False}))
+    stats = _run_jsonl(src, out)
+    assert stats.written == 3 and ids_in(out) == Counter(RP.id_key(f"r{i}") for i in range(9))
+    inserted = [json.dumps({"id": f"n{i}", "text": "new"}) + "\n" for i in range(2)]
+    src.write_text("".join(inserted + lines + appended))
+    checkpoint.write_text(json.dumps({**json.loads(checkpoint.read_text()), "done": False}))
+    with pytest.raises(RP.ReprocessError, match="changed since the checkpoint"):
+        _run_jsonl(src, out)
+
+
+def test_a_second_writer_of_the_same_shard_is_refused_until_the_first_is_done(tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    write_input(src, 10)
+    first = RP.JsonlSink(out, 0, 1)
+    first.open(IDENTITY)
+    with pytest.raises(RP.ReprocessError, match="another reprocess is writing"):
+        _run_jsonl(src, out)
+    first.close()
+    assert _run_jsonl(src, out).written == 10
+
+
+def test_an_output_dir_written_with_another_shard_count_is_refused(tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    write_input(src, 20)
+    for shard in range(2):
+        _run_jsonl(src, out, shards=2, shard=shard)
+    with pytest.raises(RP.ReprocessError, match=r"another shard count \(part-00000-of-00002.jsonl\)"):
+        _run_jsonl(src, out, shards=3)
+    assert sum(ids_in(out).values()) == 20
+
+
+def test_ids_compare_as_sqlite_compares_them_and_booleans_are_refused(tmp_path: Path) -> None:
+    assert RP.id_key("1") != RP.id_key(1) and RP.id_key(1) == RP.id_key(1.0)
+    assert RP.shard_of("5", 3) == RP.shard_of(5, 3)
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "1", "text": "a"}) + "\n" + json.dumps({"id": 1, "text": "b"}) + "\n")
+    assert _run_jsonl(src, tmp_path / "out").written == 2  # two records, as a SQLite output keeps them
+    src.write_text(json.dumps({"id": True, "text": "a"}) + "\n")
+    with pytest.raises(RP.ReprocessError, match="at byte 0"):
+        list(RP.JsonlSource(src).chunks(None, 10))
+
+
+@pytest.mark.parametrize(
+    "row", [("a", None), ("b", 42), (b"\x00\x01", "great film")], ids=["null-text", "number-text", "blob-id"]
+)
+def test_sql_rows_without_a_text_or_with_a_binary_id_are_refused(
+    tmp_path: Path, row: tuple[Any, Any]
+) -> None:
+    # A NULL text was scored as the string "None"; a BLOB id crashed the JSON output with a traceback.
+    db = tmp_path / "in.db"
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("CREATE TABLE reviews (id, text)")
+        con.executemany("INSERT INTO reviews VALUES (?, ?)", [("ok", "great film"), row])
+        con.commit()
+    with pytest.raises(RP.ReprocessError, match=r"1 row.* NULL or binary id, or a text that is not text"):
+        RP.SqliteSource(db, "reviews")
+
+
+def test_a_sqlite_input_path_with_uri_characters_is_opened_read_only_as_named(tmp_path: Path) -> None:
+    # "file:{path}?mode=ro" cut a path at '#' or '?': another file was opened read-write, and created.
+    folder = tmp_path / "odd#dir?x"
+    folder.mkdir()
+    db = folder / "in#1.db"
+    make_db(db, 5)
+    source = RP.SqliteSource(db, "reviews", "review_id", "body")
+    records = [r for chunk, _ in source.chunks(None, 10) for r in chunk]
+    assert len(records) == 5
+    assert sorted(p.name for p in folder.iterdir()) == ["in#1.db"]

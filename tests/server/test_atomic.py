@@ -35,3 +35,17 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(
         write_bytes_atomic(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_a_rewrite_keeps_the_replaced_files_mode_and_a_new_file_follows_the_umask(tmp_path: Path) -> None:
+    # mkstemp creates 0600: a shared registry or dataset manifest locked other users out after one rewrite.
+    shared = tmp_path / "registry.json"
+    shared.write_bytes(b"old")
+    shared.chmod(0o664)
+    write_bytes_atomic(shared, b"new", durable=True)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o664
+    fresh = tmp_path / "manifest.json"
+    write_bytes_atomic(fresh, b"{}")
+    opened = tmp_path / "opened.json"
+    opened.write_bytes(b"{}")  # what a plain open() gives a new file under this process's umask
+    assert stat.S_IMODE(fresh.stat().st_mode) == stat.S_IMODE(opened.stat().st_mode)
