@@ -60,8 +60,17 @@ def unit_fraction_arg(text: str) -> float:
 def check_output_file(path: Path | None, flag: str) -> None:
     """Refuse an output path that names a directory before any work is done, rather than failing at
     the final write with the work lost."""
-    if path is not None and path.is_dir():
+    if path is None:
+        return
+    if path.is_dir():
         raise MLInputError(f"{flag} {path} is a directory; give the path of a file to write")
+    # The nearest existing ancestor must be a directory: under a regular file the write fails only at
+    # the end ("File exists"), after a verdict was already printed.
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MLInputError(f"{flag} {path}: {ancestor} is a file, not a directory; give a writable path")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

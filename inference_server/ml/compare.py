@@ -178,6 +178,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None, help="also write the decision JSON here")
 
 
+def _model_version(metrics: Mapping[str, Any]) -> Any:
+    """metrics.json's model version when it names one (a hand-made file may hold anything there)."""
+    model = metrics.get("model")
+    return model.get("version") if isinstance(model, Mapping) else None
+
+
 def run(args: argparse.Namespace) -> int:
     from inference_server.ml.evaluate import load_metrics
 
@@ -191,8 +197,8 @@ def run(args: argparse.Namespace) -> int:
         **decision.to_dict(),
         "candidate": str(args.candidate),
         "baseline": str(args.baseline),
-        "candidate_version": (candidate.get("model") or {}).get("version"),
-        "baseline_version": (baseline.get("model") or {}).get("version"),
+        "candidate_version": _model_version(candidate),
+        "baseline_version": _model_version(baseline),
     }
     print(json.dumps(doc, indent=2, sort_keys=True))
     if args.output:

@@ -399,6 +399,36 @@ def dataset_sha256(root: Path, name: str) -> str:
     return manifest_dataset_sha256(manifest, root, name)
 
 
+def verify_dataset(root: Path, name: str) -> str:
+    """``dataset_sha256`` plus what the hashes do not cover: every split decoded, and its rows and label
+    counts equal to the manifest's (a hand-edited count would otherwise pass, and mislead whoever reads
+    the manifest or a model card quoting it). The dataset's hash when all agree."""
+    manifest = load_manifest(root, name)
+    totals: Counter[str] = Counter()
+    for split, info in manifest["splits"].items():
+        counts = Counter(e.label for e in load_split(root, name, split))
+        totals += counts
+        _check_counts(info, _counts(counts), f"splits/{split}", root, name)
+    _check_counts(manifest, {**_counts(totals), "labels": sorted(totals)}, "the dataset", root, name)
+    return manifest_dataset_sha256(manifest, root, name)
+
+
+def _counts(labels: Counter[str]) -> dict[str, Any]:
+    return {"rows": sum(labels.values()), "label_counts": dict(sorted(labels.items()))}
+
+
+def _check_counts(
+    info: Mapping[str, Any], actual: Mapping[str, Any], where: str, root: Path, name: str
+) -> None:
+    for key, value in actual.items():
+        if key in info and info[key] != value:
+            raise DatasetError(
+                f"dataset {name!r}: {root / name / MANIFEST} says {where} has {key} {info[key]!r} "
+                f"but its files hold {value!r}; the manifest was edited — rebuild the dataset "
+                "(`sentiment-ml datasets --force`) or restore the original"
+            )
+
+
 def manifest_dataset_sha256(manifest: Mapping[str, Any], root: Path, name: str) -> str:
     """The manifest's dataset hash, checked against the split hashes it is computed from (the files
     themselves are checked when each split is read)."""
@@ -449,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.verify:
             for name in names:
-                print(f"{name}: ok sha256={dataset_sha256(root, name)}")
+                print(f"{name}: ok sha256={verify_dataset(root, name)}")
             return EXIT_OK
         manifests = ensure_datasets(root, names, seed=args.seed, force=args.force)
     except MLInputError as e:

@@ -34,6 +34,7 @@ from inference_server.ml.common import (
     MLInputError,
     cache_root,
     cli_error,
+    read_json,
     unit_fraction_arg,
 )
 from inference_server.runtime.atomic import write_bytes_atomic
@@ -213,6 +214,22 @@ def production_version(registry: Registry) -> str | None:
     return None
 
 
+def baseline_version(registry: Registry) -> str | None:
+    """What a candidate is gated against: the production version, or, while there is none, the one that
+    left production last. Without the second, archiving production (or moving it back to candidate)
+    left nothing to regress against, and the next promotion passed any metrics."""
+    current = production_version(registry)
+    if current is not None:
+        return current
+    left = [
+        (step["at"], str(key))
+        for key, entry in registry["versions"].items()
+        for step in entry["history"]
+        if step.get("from") == "production"
+    ]
+    return max(left)[1] if left else None
+
+
 # A gate takes (candidate metrics, production metrics) and returns the reasons it fails (none: pass).
 Gate = Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]
 
@@ -230,15 +247,18 @@ def gate_reasons(
             f"{audit.get('largest_gap', '?')} > {audit.get('threshold', '?')}); a person may accept the "
             "risk with --accept-bias-audit-failure and a --reason"
         )
-    current = production_version(registry)
+    if not entry.get("metrics"):
+        # Promotion needs evidence: a version without metrics could otherwise become the baseline that
+        # every later candidate passes against.
+        return [*reasons, "it has no metrics (evaluate's metrics.json); register them first"]
+    current = baseline_version(registry)
     if current is None or current == version:
         return reasons
     baseline = registry["versions"][current].get("metrics")
     if not baseline:
-        return reasons  # nothing to regress against
-    if not entry.get("metrics"):
-        return [*reasons, f"it has no metrics to compare with production {current}; register them first"]
-    return reasons + [f"vs production {current}: {r}" for r in gate(entry["metrics"], baseline)]
+        return reasons  # a production version from before metrics were required: nothing to compare
+    role = "production" if registry["versions"][current]["stage"] == "production" else "last production"
+    return reasons + [f"vs {role} {current}: {r}" for r in gate(entry["metrics"], baseline)]
 
 
 def _transition(entry: dict[str, Any], stage: str, *, now: str, reason: str) -> None:
@@ -268,6 +288,11 @@ def promote(
     entry = out["versions"][version]
     if entry["stage"] == stage:
         raise RegistryError(f"version {version} is already {stage}")
+    if entry["stage"] == "production" and stage != "production" and not reason:
+        raise RegistryError(
+            f"taking {version} out of production leaves none; give a --reason (it goes into the history), "
+            "or promote its successor to production instead, which archives it"
+        )
     if stage in GATED_STAGES:
         if accept_bias_audit_failure and not reason:
             raise RegistryError("accepting a failed bias audit needs a --reason (it goes into the history)")
@@ -303,6 +328,11 @@ def read_registry(path: Path) -> Registry:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return empty_registry()
+    except UnicodeDecodeError as exc:
+        raise RegistryError(
+            f"registry {path} is corrupt (not UTF-8 text: {exc}); restore it from a backup or the previous "
+            "copy in version control — the registry never rewrites a file it cannot read"
+        ) from None
     except OSError as exc:
         raise RegistryError(f"cannot read registry {path}: {exc}") from exc
     try:
@@ -366,12 +396,7 @@ def update_registry(path: Path, change: Callable[[Registry], Registry]) -> Regis
 def _json_file(path: Path | None, what: str) -> dict[str, Any] | None:
     if path is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RegistryError(f"{what} file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise RegistryError(f"{what} file {path} is not valid JSON: {exc}") from None
+    data = read_json(path, f"{what} file")  # one-line errors: missing, a directory, not UTF-8, not JSON
     if not isinstance(data, dict):
         raise RegistryError(f"{what} file {path} must hold a JSON object")
     return data

