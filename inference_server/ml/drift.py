@@ -199,6 +199,18 @@ def no_data_reason(reference: PredictionWindow, current: PredictionWindow, min_s
     return None
 
 
+def label_mismatch(reference: PredictionWindow, current: PredictionWindow) -> str | None:
+    """Windows whose predicted labels have nothing in common are not one model's predictions (labels
+    renamed, or another model's series): PSI over them is enormous and means nothing."""
+    ref, cur = set(reference.label_counts), set(current.label_counts)
+    if ref and cur and not ref & cur:
+        return (
+            f"the windows share no predicted label (reference {sorted(ref)}, current {sorted(cur)}): "
+            "compare predictions of the same model's labels"
+        )
+    return None
+
+
 def compare_windows(
     reference: PredictionWindow,
     current: PredictionWindow,
@@ -289,15 +301,30 @@ _UNIT_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3,
 _UNIT_MS |= {"d": 24 * _UNIT_MS["h"], "w": 7 * 24 * _UNIT_MS["h"], "y": 365 * 24 * _UNIT_MS["h"]}
 
 
-def _check_duration(value: str, what: str) -> str:
-    """A PromQL range for ``value``: a Prometheus duration as it is, a Go duration in milliseconds."""
-    prometheus = _PROMETHEUS_DURATION.fullmatch(value) is not None
-    if not (prometheus or _GO_DURATION.fullmatch(value)):
+def duration_ms(value: str, what: str) -> int:
+    """``value`` (a Prometheus or a Go duration) in whole milliseconds, at least one."""
+    if not (_PROMETHEUS_DURATION.fullmatch(value) or _GO_DURATION.fullmatch(value)):
         raise DriftInputError(f"{what} {value!r} is not a duration such as 1h, 30m, 7d or 1h30m")
     ms = round(sum(float(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(value)))
     if ms < 1:
         raise DriftInputError(f"{what} {value!r} is shorter than a millisecond; give one such as 1h")
-    return value if prometheus else f"{ms}ms"
+    return ms
+
+
+def _check_duration(value: str, what: str) -> str:
+    """A PromQL range for ``value``: a Prometheus duration as it is, a Go duration in milliseconds."""
+    ms = duration_ms(value, what)
+    return value if _PROMETHEUS_DURATION.fullmatch(value) else f"{ms}ms"
+
+
+def check_windows_apart(window: str, offset: str) -> None:
+    """The reference window must end where the current one begins, or before: overlapping windows share
+    their data, and drift is then measured partly against itself."""
+    if duration_ms(offset, "--reference-offset") < duration_ms(window, "--window"):
+        raise DriftInputError(
+            f"--reference-offset {offset} is shorter than --window {window}: the two windows would overlap; "
+            "give an offset at least as long as the window (e.g. 7d)"
+        )
 
 
 def _label_value(value: str) -> str:
@@ -310,9 +337,18 @@ def _range(window: str, offset: str | None) -> str:
     return f"{rng} offset {_check_duration(offset, 'offset')}" if offset else rng
 
 
+def _confidence_selector(model_version: str) -> str:
+    return f'{METRIC_CONFIDENCE}_bucket{{{LABEL_MODEL_VERSION}="{_label_value(model_version)}"}}'
+
+
 def confidence_query(model_version: str, window: str, offset: str | None = None) -> str:
-    sel = f'{METRIC_CONFIDENCE}_bucket{{{LABEL_MODEL_VERSION}="{_label_value(model_version)}"}}'
-    return f"sum by (le) (increase({sel}{_range(window, offset)}))"
+    return f"sum by (le) (increase({_confidence_selector(model_version)}{_range(window, offset)}))"
+
+
+def series_query(model_version: str, window: str) -> str:
+    """How many confidence series the version has had within the window: none means nothing serving
+    this version was scraped (a wrong version, or no scraping), unlike a window without traffic."""
+    return f"count(last_over_time({_confidence_selector(model_version)}{_range(window, None)}))"
 
 
 def predictions_query(model_version: str, window: str, offset: str | None = None) -> str:
@@ -331,6 +367,9 @@ def parse_vector(payload: object) -> list[tuple[dict[str, str], float]]:
             f"Prometheus answered {payload.get('status')!r}: "
             f"{payload.get('errorType', '')} {payload.get('error', '')}".strip()
         )
+    if warnings := payload.get("warnings"):
+        # A partial answer (a store or shard missing) would be judged as if it were the whole window.
+        raise PrometheusError(f"Prometheus answered with warnings, so possibly partial data: {warnings}")
     data = payload.get("data") or {}
     if not isinstance(data, Mapping) or data.get("resultType") != "vector":
         kind = data.get("resultType") if isinstance(data, Mapping) else type(data).__name__
@@ -349,6 +388,8 @@ def _sample_of(item: object) -> tuple[dict[str, str], float]:
         value = float(item["value"][1])
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise PrometheusError(f"malformed sample in Prometheus answer: {item!r}") from exc
+    if math.isinf(value):  # NaN (no rate to extrapolate) counts as nothing; an infinite count is broken
+        raise PrometheusError(f"infinite value in Prometheus answer: {item!r}")
     return {str(k): str(v) for k, v in metric.items()}, value
 
 
@@ -365,7 +406,9 @@ def bins_from_cumulative(samples: Sequence[tuple[dict[str, str], float]]) -> tup
     for labels, value in samples:
         if "le" not in labels:
             raise PrometheusError(f"histogram sample without an 'le' label: {labels}")
-        by_le[float(labels["le"])] = 0.0 if math.isnan(value) else value
+        # Summed: one bound can come spelled two ways ("1" and "1.0") across a scrape-format change.
+        bound = float(labels["le"])
+        by_le[bound] = by_le.get(bound, 0.0) + (0.0 if math.isnan(value) else value)
     expected = set(BIN_UPPER_BOUNDS)
     if set(by_le) != expected:
         raise PrometheusError(
@@ -422,6 +465,18 @@ def window_from_prometheus(
     conf = query_prometheus(url, confidence_query(model_version, window, offset))
     preds = query_prometheus(url, predictions_query(model_version, window, offset))
     where = f"prometheus {model_version} [{window}]" + (f" offset {offset}" if offset else "")
+    if (
+        offset is None
+        and not parse_vector(conf)
+        and not parse_vector(query_prometheus(url, series_query(model_version, window)))
+    ):
+        # The current window: a version that did not exist a week ago is a reference without data
+        # (hold), but one with no series now is a misconfiguration that would hold forever.
+        raise PrometheusError(
+            f"Prometheus has no {METRIC_CONFIDENCE} series for {LABEL_MODEL_VERSION}={model_version!r} in "
+            f"the last {window}: check the version (--model-version or ${Env.MODEL_VERSION}) and that "
+            "Prometheus scrapes the serving pods"
+        )
     return window_from_prometheus_answers(conf, preds, source=where)
 
 
@@ -439,9 +494,11 @@ def read_predictions_jsonl(path: Path) -> PredictionWindow:
             rec = json.loads(line)
             labels.append(str(rec["label"]))
             confidences.append(float(rec["confidence"]))
+            if not 0.0 <= confidences[-1] <= 1.0:  # also refuses NaN, which json.loads accepts
+                raise ValueError(f"confidence {rec['confidence']!r} is not within [0, 1]")
         except (ValueError, KeyError, TypeError) as exc:
             raise DriftInputError(
-                f"{path}:{n}: each line must be a JSON object with 'label' and 'confidence'"
+                f"{path}:{n}: each line must be a JSON object with 'label' and a 'confidence' in [0, 1]"
             ) from exc
     return window_from_predictions(labels, confidences, source=str(path))
 
@@ -576,6 +633,12 @@ def _windows(args: argparse.Namespace) -> tuple[PredictionWindow, PredictionWind
         return score_texts(model, texts, calibration=calibration, source=spec)
 
     if args.prometheus_url:
+        if not (args.model_version or args.model):
+            raise DriftInputError(
+                f"reading Prometheus needs the serving version: --model-version or ${Env.MODEL_VERSION}"
+            )
+        if args.reference_offset:
+            check_windows_apart(args.window, args.reference_offset)
         current = window_from_prometheus(args.prometheus_url, model_version_of(args), args.window)
     elif args.current_predictions:
         current = read_predictions_jsonl(args.current_predictions)
@@ -590,6 +653,8 @@ def _windows(args: argparse.Namespace) -> tuple[PredictionWindow, PredictionWind
         reference = read_predictions_jsonl(args.reference_predictions)
     else:
         reference = from_dataset(args.reference_dataset, args.reference_seed)
+    if problem := label_mismatch(reference, current):
+        raise DriftInputError(problem)
     return reference, current
 
 

@@ -412,13 +412,31 @@ def test_prometheus_replies_of_the_wrong_shape_are_exit_2(
 ) -> None:
     ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
     with serving(lambda _q: reply) as url:
-        assert cli(["drift", "--reference-predictions", str(ref), "--prometheus-url", url]) == 2
+        argv = [
+            "drift",
+            "--reference-predictions",
+            str(ref),
+            "--prometheus-url",
+            url,
+            "--model-version",
+            "v1",
+        ]
+        assert cli(argv) == 2
     assert message in capsys.readouterr().err
 
 
 def test_an_invalid_prometheus_url_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
-    assert cli(["drift", "--reference-predictions", str(ref), "--prometheus-url", "http://[::1"]) == 2
+    argv = [
+        "drift",
+        "--reference-predictions",
+        str(ref),
+        "--prometheus-url",
+        "http://[::1",
+        "--model-version",
+        "v1",
+    ]
+    assert cli(argv) == 2
     err = capsys.readouterr().err
     assert "not a valid URL" in err and err.count("\n") == 1
 
@@ -467,3 +485,97 @@ def test_a_bad_drift_threshold_env_breaks_only_drift(
     assert JobResult.from_json(out.read_text()).metrics["threshold"] == 0.5
     assert cli([*argv, "--threshold", "0.2"]) == 0  # the flag wins over the environment
     assert JobResult.from_json(out.read_text()).metrics["threshold"] == 0.2
+
+
+# --- audit regressions (session 7) ----------------------------------------------------------------------
+def _prometheus_drift(url: str, *extra: str) -> list[str]:
+    return ["drift", "--prometheus-url", url, "--window", "2m", *extra]
+
+
+def test_a_version_prometheus_has_no_series_for_is_an_error_not_a_hold(
+    tmp_path: Path, fake_prometheus: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A misspelt version (or none: it defaulted to "unknown") held forever as "too few predictions".
+    ref = str(write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0))
+    assert (
+        cli(_prometheus_drift(fake_prometheus, "--reference-predictions", ref, "--model-version", "nope"))
+        == 2
+    )
+    assert "no sentiment_prediction_confidence series for model_version='nope'" in capsys.readouterr().err
+    monkeypatch.delenv("MODEL_VERSION", raising=False)
+    monkeypatch.delenv("MODEL_PATH", raising=False)
+    assert cli(_prometheus_drift(fake_prometheus, "--reference-predictions", ref)) == 2
+    assert "needs the serving version" in capsys.readouterr().err
+    # Series that exist but saw no traffic in the window: a hold, as before.
+    with serving(
+        lambda q: (
+            {**EMPTY_VECTOR, "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, "3"]}]}}
+            if q.startswith("count(")
+            else EMPTY_VECTOR
+        )
+    ) as url:
+        assert cli(_prometheus_drift(url, "--reference-predictions", ref, "--model-version", "v1")) == 3
+
+
+def _with_value(name: str, le: str, value: str) -> dict[str, Any]:
+    reply = json.loads(json.dumps(answer(name)))
+    for sample in reply["data"]["result"]:
+        if sample["metric"].get("le") == le:
+            sample["value"][1] = value
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("confidence", "message"),
+    [
+        (_with_value("confidence_v1", "0.99", "+Inf"), "infinite value"),
+        (
+            {**answer("confidence_v1"), "warnings": ["partial response: 1 of 3 stores unavailable"]},
+            "warnings",
+        ),
+    ],
+    ids=["infinite-bucket", "partial-answer"],
+)
+def test_infinite_or_partial_prometheus_answers_are_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], confidence: dict[str, Any], message: str
+) -> None:
+    # An infinite bucket gave NoDrift (exit 0) with NaN statistics; a partial answer was judged as whole.
+    ref = str(write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0))
+    with serving(lambda q: confidence if "bucket" in q else answer("predictions_v1")) as url:
+        assert cli(_prometheus_drift(url, "--reference-predictions", ref, "--model-version", "v1")) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_one_bucket_bound_spelled_two_ways_is_summed() -> None:
+    samples = drift.parse_vector(answer("confidence_v1"))
+    whole = drift.bins_from_cumulative(samples)
+    split = []
+    for labels, value in samples:
+        if labels["le"] == "1.0":
+            split += [({"le": "1.0"}, value / 2), ({"le": "1"}, value / 2)]
+        else:
+            split.append((labels, value))
+    assert drift.bins_from_cumulative(split) == pytest.approx(whole)
+
+
+def test_overlapping_windows_and_windows_without_a_common_label_are_exit_2(
+    tmp_path: Path, fake_prometheus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _prometheus_drift(fake_prometheus, "--reference-offset", "1m", "--model-version", "v1")
+    assert cli(argv) == 2
+    assert "would overlap" in capsys.readouterr().err
+    ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
+    upper = tmp_path / "upper.jsonl"
+    upper.write_text(ref.read_text().replace('"positive"', '"POSITIVE"').replace('"negative"', '"NEGATIVE"'))
+    assert cli(["drift", "--reference-predictions", str(ref), "--current-predictions", str(upper)]) == 2
+    assert "share no predicted label" in capsys.readouterr().err
+
+
+def test_a_confidence_outside_0_1_in_a_predictions_file_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref = write_predictions(tmp_path / "ref.jsonl", 0.5, 4.0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"label": "positive", "confidence": 0.9}\n{"label": "positive", "confidence": NaN}\n')
+    assert cli(["drift", "--reference-predictions", str(ref), "--current-predictions", str(bad)]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
