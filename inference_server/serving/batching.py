@@ -25,6 +25,11 @@ forward pass holds ``_forward_lock``, so requests that arrive meanwhile still qu
 next batch. The lock is held until the work on the workers has ended, even when whoever awaited it has
 gone (cancelled, or answered by ``abandon``).
 
+Other torch work (a pass of /explain's saliency, ``run_exclusive``) never queues on the lock itself: it
+asks the collector for a turn, and the collector hands the lock to the oldest such request only when no
+inference request is queued. A lock shared in arrival order would put each inference batch behind one
+pass of every explanation in flight; this way it waits for at most the one pass already running.
+
 Shutting down: ``stop`` refuses new work and finishes what is queued. When the shutdown's deadline is
 near, ``abandon`` fails every request still waiting (queued, in a planned batch, or awaiting a pass
 already running) with ``DrainingError``, which the app answers 503 ``draining`` rather than leaving
@@ -190,6 +195,9 @@ class MicroBatcher:
         self._thread_state = threading.local()  # the intra-op thread count each worker last set
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forward")
         self._queue: deque[_Item] = deque()
+        # Exclusive work waiting for its turn: each future is resolved when the collector hands its
+        # caller ``_forward_lock`` (see ``_exclusive_turn``).
+        self._turns: deque[asyncio.Future[None]] = deque()
         self._wake = asyncio.Event()
         self._announced = 0
         self._forward_lock = asyncio.Lock()  # held while a forward pass runs (collector or lone request)
@@ -244,8 +252,9 @@ class MicroBatcher:
         on its worker, its answer dropped). The number of requests so answered."""
         self._draining = self._abandoned = True
         self._wake.set()
-        waiting = [it.future for it in (*self._queue, *self._taken)] + list(self._direct)
+        waiting = [it.future for it in (*self._queue, *self._taken)] + [*self._direct, *self._turns]
         self._queue.clear()
+        self._turns.clear()
         failed = 0
         for future in waiting:
             if not future.done():
@@ -278,8 +287,12 @@ class MicroBatcher:
 
     @property
     def idle(self) -> bool:
-        """Nothing queued, running or announced: a new request could not share a batch with anyone."""
-        return not self._queue and not self._forward_lock.locked() and self._announced == 0
+        """Nothing queued, running or announced: a new request could not share a batch with anyone. Nor
+        any exclusive work waiting for a turn: a lone pass queues on the lock in arrival order, where it
+        could land behind a turn; through the collector it goes first."""
+        return (
+            not self._queue and not self._turns and not self._forward_lock.locked() and self._announced == 0
+        )
 
     # --- requests ------------------------------------------------------------------------------
     def ticket(self) -> Ticket:
@@ -308,17 +321,44 @@ class MicroBatcher:
 
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
         """Run other torch work (saliency) on a forward worker with all the threads, between batches, so
-        it never competes with them."""
+        it never competes with them; inference batches queued meanwhile go first (``_exclusive_turn``)."""
         if self._draining:
             raise DrainingError("server is shutting down")
-        await self._take_turn()
+        await self._exclusive_turn()
         return await self._relay(self._start(self._exclusive, fn, args))
 
+    async def _exclusive_turn(self) -> None:
+        """Wait until the collector hands this caller ``_forward_lock`` (only when no inference request
+        is queued), or DrainingError from ``abandon``."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        self._wake.set()
+        try:
+            await turn
+        except asyncio.CancelledError:
+            # Handed the lock just as the caller went away: nobody else would ever release it.
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self._forward_lock.release()
+            raise
+        if self._abandoned:  # handed the lock just before `abandon`: refused, not run
+            self._forward_lock.release()
+            raise DrainingError("server is shutting down")
+
+    def _hand_turn(self) -> bool:
+        """Give ``_forward_lock`` (held by the collector) to the oldest exclusive caller still waiting;
+        False when none is left (callers that went away are dropped)."""
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return True
+        return False
+
     async def _take_turn(self) -> None:
-        """Acquire ``_forward_lock`` for a lone pass or exclusive work, or DrainingError when the batcher
-        was abandoned meanwhile. A caller still waiting for the lock when ``abandon`` runs is answered
-        once the pass ahead of it ends (a lone pass or one pass of /explain: well inside the shutdown's
-        tail), not by ``abandon`` itself."""
+        """Acquire ``_forward_lock`` for a lone pass, or DrainingError when the batcher was abandoned
+        meanwhile. A caller still waiting for the lock when ``abandon`` runs is answered once the pass
+        ahead of it ends (a lone pass or one pass of /explain: well inside the shutdown's tail), not by
+        ``abandon`` itself."""
         await self._forward_lock.acquire()
         if self._abandoned:
             self._forward_lock.release()
@@ -393,36 +433,46 @@ class MicroBatcher:
                 return
 
     async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not self._queue and not self._turns:
                 if self._draining:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            # A lone request's pass may be running: wait for it, so that whatever queued meanwhile
-            # goes into one batch rather than trickling in behind it one by one.
-            async with self._forward_lock:
-                if self.wait_s > 0 and not self._draining:
-                    await self._gather_companions()
-                items = [it for it in self._queue if not it.future.done()]  # cancelled: client went away
-                self._queue.clear()
-                self._taken = items
-                plan = plan_batches(
-                    [len(it.ids) for it in items],
-                    max_size=self.max_batch_size,
-                    max_tokens=self.max_batch_tokens,
-                )
+            # A lone request's pass or exclusive work may be running: wait for it, so that whatever
+            # queued meanwhile goes into one batch rather than trickling in behind it one by one.
+            await self._forward_lock.acquire()
+            if self._queue:  # inference first: an exclusive turn waits for the queued batches
                 try:
-                    for indices in plan:
-                        # Requests answered or cancelled while earlier batches ran (clients gone,
-                        # or `abandon` near the shutdown deadline) need no pass.
-                        batch = [items[i] for i in indices if not items[i].future.done()]
-                        if batch:
-                            await self._run(loop, batch)
+                    await self._run_queued()
                 finally:
-                    self._taken = []
+                    self._forward_lock.release()
+            elif not self._hand_turn():  # handed over: the exclusive work releases it when it ends
+                self._forward_lock.release()
+
+    async def _run_queued(self) -> None:
+        """Plan and run everything queued (the caller holds ``_forward_lock``)."""
+        loop = asyncio.get_running_loop()
+        if self.wait_s > 0 and not self._draining:
+            await self._gather_companions()
+        items = [it for it in self._queue if not it.future.done()]  # cancelled: client went away
+        self._queue.clear()
+        self._taken = items
+        plan = plan_batches(
+            [len(it.ids) for it in items],
+            max_size=self.max_batch_size,
+            max_tokens=self.max_batch_tokens,
+        )
+        try:
+            for indices in plan:
+                # Requests answered or cancelled while earlier batches ran (clients gone,
+                # or `abandon` near the shutdown deadline) need no pass.
+                batch = [items[i] for i in indices if not items[i].future.done()]
+                if batch:
+                    await self._run(loop, batch)
+        finally:
+            self._taken = []
 
     async def _forward(self, loop: asyncio.AbstractEventLoop, ids: list[list[int]]) -> Logits:
         """One batch (the caller holds ``_forward_lock``): a single pass on all threads, or slices side

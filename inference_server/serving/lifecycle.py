@@ -94,6 +94,7 @@ class ServerState:
     explain_model: LoadedModel | None = None  # fp32 weights for saliency (also when serving INT8)
     torch_threads: int = 0
     in_flight: int = 0  # HTTP requests being handled (RequestMetrics keeps it)
+    explaining: int = 0  # /explain requests running or waiting for the forward workers (api/explain.py)
     shutdown_deadline: Deadline | None = None  # set once, when shutdown begins
 
     @property
