@@ -6,6 +6,8 @@ series carries ``model_version`` so that the operator compares canary and stable
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -94,6 +96,23 @@ class ServerMetrics:
         self._requests: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._predictions: dict[str, Counter] = {}
         self._tokens: dict[str, Histogram] = {}
+
+    def declare_series(self, labels: Sequence[str], endpoints: Sequence[str]) -> None:
+        """Export the model's prediction, feedback and input-token series at 0 before anything is counted.
+
+        Prometheus takes a series' first scraped sample as its starting point, so counts made before a
+        series first appears are never seen by increase() or rate(): every new pod would hide its first
+        predictions from the drift job and its first feedback of each kind from online quality (one lost
+        "incorrect" at low feedback volume flatters the F1). Only the feedback combinations that can
+        occur: the outcome follows from the true and the predicted label."""
+        v = self.model_version
+        for label in labels:
+            self._predictions.setdefault(label, self.predictions.labels(v, label))
+            for predicted in labels:
+                outcome = c.FeedbackOutcome.CORRECT if label == predicted else c.FeedbackOutcome.INCORRECT
+                self.feedback.labels(v, label, predicted, str(outcome))
+        for endpoint in endpoints:
+            self._tokens.setdefault(endpoint, self.input_tokens.labels(v, endpoint))
 
     def observe_request(self, endpoint: str, status_code: int, seconds: float) -> None:
         children = self._requests.get((endpoint, status_code))

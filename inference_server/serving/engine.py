@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_server.contract import Span
+from inference_server.contract import Path, Span
 from inference_server.feedback.recent import RecentPredictions
 from inference_server.observability.logging import inference_fields, log_inference
 from inference_server.observability.metrics import ServerMetrics
@@ -98,12 +98,15 @@ class InferenceEngine:
         self.labels = model.labels
         self.version = model.version
         self._temperature = calibration.temperature if calibration is not None else 1.0
+        # Warm-up passes are not traffic: the batch-size and forward-latency series count users' work only.
+        self.warming = False
+        metrics.declare_series(model.labels, endpoints=(Path.INFER,))
         self.batcher = MicroBatcher(
             self._forward,
             max_batch_size=max_batch_size,
             max_batch_tokens=max_batch_tokens,
             wait_ms=batch_wait_ms,
-            on_batch=lambda n, _tokens, seconds: metrics.observe_batch(n, seconds),
+            on_batch=self._observe_batch,
             workers=workers or threads,  # 0: one single-threaded slice per thread
             threads=threads,
             set_threads=thread_setter(model),
@@ -201,6 +204,10 @@ class InferenceEngine:
         self.deliver(list(zip(prepared, answers, strict=True)))
         return answers
 
+    def _observe_batch(self, n: int, _tokens: int, seconds: float) -> None:
+        if not self.warming:
+            self.metrics.observe_batch(n, seconds)
+
     async def warm_up(self, rounds: int = 2) -> None:
         """Exercise the real path (short, medium and longest inputs; alone, batched, and batched into
         slices on every forward worker) before turning ready, so the first user request does not pay
@@ -208,12 +215,16 @@ class InferenceEngine:
         max_len = max(2, self.model.max_tokens - 2)
         samples = ["ok", "warm up " * 8, " ".join(["warm"] * max_len)]
         sliced = self.batcher.workers * self.batcher.min_slice
-        for _ in range(rounds):
-            prepared = []
-            for text in samples:
-                ids = encode_ids(self.model, [text])[0][: self.model.max_tokens]
-                prepared.append(ids)
-            await self.batcher.submit_many(prepared)
-            await asyncio.gather(*(self.batcher.submit(ids) for ids in prepared))
-            if self.batcher.workers > 1:
-                await self.batcher.submit_many([prepared[i % 2] for i in range(sliced)])
+        self.warming = True  # the server is not ready yet: every pass until it ends is the warm-up's
+        try:
+            for _ in range(rounds):
+                prepared = []
+                for text in samples:
+                    ids = encode_ids(self.model, [text])[0][: self.model.max_tokens]
+                    prepared.append(ids)
+                await self.batcher.submit_many(prepared)
+                await asyncio.gather(*(self.batcher.submit(ids) for ids in prepared))
+                if self.batcher.workers > 1:
+                    await self.batcher.submit_many([prepared[i % 2] for i in range(sliced)])
+        finally:
+            self.warming = False
