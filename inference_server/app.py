@@ -51,7 +51,7 @@ async def _purge_periodically(ctx: AppContext, interval_s: float) -> None:
     while True:
         if ctx.store is not None:
             try:
-                removed = await asyncio.to_thread(ctx.store.purge, ctx.clock())
+                removed = await ctx.store.purge_async(ctx.clock())  # the store's thread, not /infer's
                 if removed:
                     log.info("purged %d feedback samples past retention", removed)
             except Exception:  # a failed purge must not stop serving; it is retried next interval

@@ -9,10 +9,11 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from inference_server.contract import DRIFT_THRESHOLD_DEFAULT, HTTP_PORT, Env
 from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND, Int8Backend, normalise_int8_backend
@@ -28,9 +29,41 @@ def _env(name: Env) -> AliasChoices:
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
+# Fields that are policy, not configuration: settable in code (tests, the demo), never from the
+# environment. BaseSettings would otherwise read each by its field name (FEEDBACK_RETENTION_DAYS=3650
+# would quietly turn the 30-day purge off); they are not in contract.Env.
+POLICY_FIELDS = frozenset({"feedback_retention_days", "recent_requests_max", "recent_requests_ttl_seconds"})
+
+
+class _WithoutPolicy(PydanticBaseSettingsSource):
+    """Another source (the environment, a dotenv or secrets directory) minus POLICY_FIELDS."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ delegates to the inner source
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._inner().items() if k not in POLICY_FIELDS}
+
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, populate_by_name=True, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments (init) may set policy fields; nothing read from outside the process may.
+        outside = (env_settings, dotenv_settings, file_secret_settings)
+        return (init_settings, *(_WithoutPolicy(source) for source in outside))
 
     # --- the data-plane contract (DESIGN.md) ---
     model_path: Path = Field(validation_alias=_env(Env.MODEL_PATH))
@@ -83,8 +116,9 @@ class ServerSettings(BaseSettings):
         "INFO", validation_alias=_env(Env.LOG_LEVEL)
     )
 
-    # Not environment-driven knobs: fixed policy of the feedback loop.
-    feedback_retention_days: PositiveInt = 30
+    # Policy of the feedback loop (POLICY_FIELDS): never read from the environment. Retention may be
+    # shortened in code, never lengthened past the documented 30 days.
+    feedback_retention_days: PositiveInt = Field(30, le=30)
     recent_requests_max: PositiveInt = 10_000
     recent_requests_ttl_seconds: PositiveInt = 24 * 3600
 

@@ -7,6 +7,7 @@ FastAPI's per-request dependency injection, because they are the hot path.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -23,10 +24,27 @@ from inference_server.api.schemas import (
     error_responses,
 )
 from inference_server.contract import Path, Span
-from inference_server.serving.validation import check_batch_items
+from inference_server.serving.validation import InputProblem, check_batch_items
 
 router = APIRouter(tags=["inference"], route_class=FastPathRoute)
 batch_router = APIRouter(tags=["inference"], route_class=FastPathRoute)
+
+
+def check_unique_request_ids(request_ids: Sequence[str | None]) -> None:
+    """Refuse (422 ``duplicate_request_id``, naming the later item) a batch that gives one request id to
+    two items: /feedback judges by request id, and would judge the wrong one of them."""
+    first: dict[str, int] = {}
+    for i, request_id in enumerate(request_ids):
+        if request_id is None:
+            continue  # generated: unique
+        if request_id in first:
+            raise InputProblem(
+                422,
+                "duplicate_request_id",
+                f"repeats the request_id of items[{first[request_id]}]; give each item its own",
+                f"items[{i}].request_id",
+            )
+        first[request_id] = i
 
 
 @router.post(
@@ -69,6 +87,7 @@ async def infer_batch(
     limit: int = request.app.state.ctx.settings.max_batch_items
     try:
         check_batch_items(len(body.items), limit)
+        check_unique_request_ids([item.request_id for item in body.items])
         prepared = [
             await engine.prepare(
                 item.text, item.request_id, endpoint=Path.INFER_BATCH, field=f"items[{i}].text"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
+import threading
 import unicodedata
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server import contract as c
 from inference_server.app import create_app
+from inference_server.feedback.review import TRUNCATED
+from inference_server.feedback.store import MAX_QUEUED
 from inference_server.observability.logging import INFERENCE_LOGGER, JsonFormatter
 from inference_server.serving import engine as engine_module
 from inference_server.serving.lifecycle import Phase
+from inference_server.settings import ServerSettings
 
-from .conftest import Spans, settings_for, wait_phase
+from .conftest import Spans, serving, settings_for, wait_phase
 
 JSON = {"content-type": "application/json"}
 
@@ -226,6 +231,26 @@ def test_batch_item_errors_name_the_item(api: TestClient) -> None:
     assert error_of(r)["field"] == "items[1].text"
 
 
+def test_batch_with_a_repeated_request_id_is_422_naming_the_later_item(api: TestClient) -> None:
+    """Feedback judges by request id: two items under one id would let it judge (and store) the wrong
+    one. Nothing of the refused batch is remembered."""
+    items = [
+        {"text": "awful terrible film", "request_id": "dup"},
+        {"text": "fine", "request_id": "other"},
+        {"text": "great"},
+        {"text": "great wonderful film", "request_id": "dup"},
+    ]
+    r = api.post(c.Path.INFER_BATCH, json={"items": items})
+    assert r.status_code == 422, r.text
+    err = error_of(r)
+    assert err["code"] == "duplicate_request_id" and err["field"] == "items[3].request_id"
+    assert "items[0]" in err["message"]
+    assert api.post(c.Path.FEEDBACK, json={"request_id": "dup", "label": "negative"}).status_code == 404
+    # Ids left to the server are all distinct, however many items have none.
+    r = api.post(c.Path.INFER_BATCH, json={"items": [{"text": "great"}, {"text": "awful"}]})
+    assert r.status_code == 200
+
+
 def test_batch_over_item_limit_is_413_and_empty_batch_422(api: TestClient) -> None:
     r = api.post(c.Path.INFER_BATCH, json={"items": [{"text": "great"}] * 9})  # limit 8 in the fixture
     assert r.status_code == 413 and error_of(r)["code"] == "too_many_items"
@@ -297,6 +322,113 @@ def test_feedback_errors(api: TestClient) -> None:
     assert r.status_code == 422 and error_of(r)["field"] == "label"
     # The bad label did not use up the request id.
     assert api.post(c.Path.FEEDBACK, json={"request_id": "fb-label", "label": "positive"}).status_code == 200
+
+
+def _wrong(api: TestClient, request_id: str, text: str = "great film") -> tuple[str, str]:
+    """Infer `text` under `request_id`: (the predicted label, the other one)."""
+    predicted = api.post(c.Path.INFER, json={"text": text, "request_id": request_id}).json()["label"]
+    return predicted, "negative" if predicted == "positive" else "positive"
+
+
+def test_feedback_the_store_cannot_take_is_503_counts_nothing_and_can_be_retried(api: TestClient) -> None:
+    """The database is locked by another connection (a second replica, a reviewer's tool): the sample
+    cannot be stored, so the outcome is not counted and the request id not used up."""
+    predicted, wrong = _wrong(api, "fb-locked")
+    series = {"label": wrong, "predicted": predicted, "outcome": "incorrect"}
+    before = _metric_value(api, c.METRIC_FEEDBACK_SERIES, **series)
+    store = api.app.state.ctx.store  # type: ignore[attr-defined]
+    other = sqlite3.connect(str(store.path), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        r = api.post(c.Path.FEEDBACK, json={"request_id": "fb-locked", "label": wrong})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert r.status_code == 503, r.text
+    assert error_of(r)["code"] == "feedback_store_unavailable" and int(r.headers["retry-after"]) >= 1
+    assert _metric_value(api, c.METRIC_FEEDBACK_SERIES, **series) == before
+    assert not [s for s in store.samples() if s.request_id == "fb-locked"]
+    # The client's retry, once the database is free, records it once.
+    retry = api.post(c.Path.FEEDBACK, json={"request_id": "fb-locked", "label": wrong})
+    assert retry.status_code == 200 and retry.json()["stored"] is True
+    assert _metric_value(api, c.METRIC_FEEDBACK_SERIES, **series) == before + 1
+    assert len([s for s in store.samples() if s.request_id == "fb-locked"]) == 1
+
+
+def test_any_sqlite_error_while_storing_feedback_is_503(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = api.app.state.ctx.store  # type: ignore[attr-defined]
+
+    def full(**_: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "add_misclassified", full)
+    _, wrong = _wrong(api, "fb-full")
+    r = api.post(c.Path.FEEDBACK, json={"request_id": "fb-full", "label": wrong})
+    assert r.status_code == 503 and error_of(r)["code"] == "feedback_store_unavailable"
+    monkeypatch.undo()
+    assert api.post(c.Path.FEEDBACK, json={"request_id": "fb-full", "label": wrong}).status_code == 200
+
+
+def test_feedback_on_a_huge_text_keeps_only_its_beginning(api: TestClient) -> None:
+    """One word over 100 characters is one token, so a text may be ~256 KiB: review keeps whole words
+    up to REVIEW_MAX_CHARS, and says the text was cut."""
+    text = "great film, mail jo@example.com " + ("a" * 120 + " ") * 40  # 42 tokens, 4 872 characters
+    _, wrong = _wrong(api, "fb-huge", text)
+    r = api.post(c.Path.FEEDBACK, json={"request_id": "fb-huge", "label": wrong})
+    assert r.status_code == 200 and r.json()["stored"] is True
+    (sample,) = [s for s in api.app.state.ctx.store.samples() if s.request_id == "fb-huge"]  # type: ignore[attr-defined]
+    assert sample.truncated and sample.text.endswith(" " + TRUNCATED)
+    assert sample.text.startswith("great film, mail [EMAIL] aaaa") and len(sample.text) < len(text)
+
+
+async def test_a_stuck_feedback_store_starves_neither_inference_nor_itself(
+    make_settings: Callable[..., ServerSettings],
+) -> None:
+    """Feedback writes run on the store's own thread, at most MAX_QUEUED waiting: while that thread is
+    stuck, further feedback is refused at once (503), and a long text for /infer, tokenized on
+    asyncio's default pool, is still answered. Before, each stuck write held a thread of that pool."""
+    app = create_app(make_settings())
+    release = threading.Event()
+    async with serving(app) as client:
+        store = app.state.ctx.store
+        real = store.add_misclassified
+
+        def stuck(**kwargs: Any) -> None:
+            release.wait(timeout=120)  # a bound, not a timing: set as soon as the checks are done
+            real(**kwargs)
+
+        store.add_misclassified = stuck
+        n = MAX_QUEUED + 24
+        items = [{"text": "great film", "request_id": f"s{i}"} for i in range(n)]
+        predicted = [
+            x["label"]
+            for x in (await client.post(c.Path.INFER_BATCH, json={"items": items})).json()["results"]
+        ]
+        feedbacks = [
+            asyncio.create_task(
+                client.post(
+                    c.Path.FEEDBACK,
+                    json={"request_id": f"s{i}", "label": "negative" if p == "positive" else "positive"},
+                )
+            )
+            for i, p in enumerate(predicted)
+        ]
+        try:
+            done, _ = await asyncio.wait(feedbacks, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            assert done, "no feedback was refused while the store was stuck"
+            long_text = await asyncio.wait_for(
+                client.post(c.Path.INFER, json={"text": "x" * 2000}), timeout=60
+            )
+            assert long_text.status_code == 200
+            refused = [t.result() for t in feedbacks if t.done()]
+            assert refused and all(r.status_code == 503 for r in refused)
+        finally:
+            release.set()
+        answers = await asyncio.gather(*feedbacks)
+    codes = sorted(r.status_code for r in answers)
+    assert codes.count(200) == MAX_QUEUED and codes.count(503) == n - MAX_QUEUED
 
 
 # --- observability ------------------------------------------------------------------------------
