@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -131,6 +132,23 @@ class ServerSettings(BaseSettings):
         if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
             raise ValueError("must be 64 hexadecimal characters (optionally prefixed 'sha256:')")
         return v
+
+    @field_validator("otlp_endpoint", mode="before")
+    @classmethod
+    def _otlp_http_url(cls, value: object) -> object:
+        """The exporter speaks OTLP over HTTP: a value without an http(s) scheme and a host (a gRPC-style
+        ``collector:4317``) is accepted by the SDK and then fails every export, losing every span."""
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            return value
+        url = urlsplit(value.strip())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL with a host; OTLP/HTTP needs one such as "
+                "http://otel-collector:4318"
+            )
+        return value.strip()
 
     @field_validator("model_path")
     @classmethod

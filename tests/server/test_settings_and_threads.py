@@ -101,3 +101,14 @@ def test_otlp_exporter_only_when_an_endpoint_is_configured() -> None:
     exporter = provider._active_span_processor._span_processors[0].span_exporter  # type: ignore[attr-defined]
     assert exporter._endpoint == "http://127.0.0.1:4318/v1/traces"
     shutdown_provider(provider)
+
+
+@pytest.mark.parametrize("endpoint", ["collector:4317", "127.0.0.1:4318", "not a url", "grpc://collector:4317"])
+def test_an_otlp_endpoint_that_is_no_http_url_stops_start_up(tmp_path: Path, endpoint: str) -> None:
+    # The SDK took these, then failed every export ("No connection adapters were found"): every span lost.
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
+        load_settings({"MODEL_PATH": str(tmp_path), "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    good = {"MODEL_PATH": str(tmp_path), "OTEL_EXPORTER_OTLP_ENDPOINT": " http://otel-collector:4318 "}
+    assert load_settings(good).otlp_endpoint == "http://otel-collector:4318"
+    unset = {"MODEL_PATH": str(tmp_path), "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+    assert load_settings(unset).otlp_endpoint is None
