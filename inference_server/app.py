@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -51,7 +52,8 @@ async def _purge_periodically(ctx: AppContext, interval_s: float) -> None:
     while True:
         if ctx.store is not None:
             try:
-                removed = await ctx.store.purge_async(ctx.clock())  # the store's thread, not /infer's
+                # On the store's own thread, not the default pool that /infer's tokenising uses.
+                removed = await ctx.store.on_own_thread(partial(ctx.store.purge, ctx.clock()))
                 if removed:
                     log.info("purged %d feedback samples past retention", removed)
             except Exception:  # a failed purge must not stop serving; it is retried next interval

@@ -10,6 +10,7 @@ again.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from fastapi import APIRouter
 from starlette.responses import Response
@@ -73,14 +74,17 @@ async def _store(ctx: AppContext, prediction: Prediction, true_label: str) -> No
     """Keep the misclassified sample, or raise the 503 (the reason logged, never the text)."""
     assert ctx.store is not None
     try:
-        await ctx.store.write(
-            request_id=prediction.request_id,
-            text=prediction.text,
-            predicted=prediction.label,
-            true_label=true_label,
-            confidence=prediction.confidence,
-            model_version=prediction.model_version,
-            now=ctx.clock(),
+        await ctx.store.on_own_thread(
+            partial(
+                ctx.store.add_misclassified,
+                request_id=prediction.request_id,
+                text=prediction.text,
+                predicted=prediction.label,
+                true_label=true_label,
+                confidence=prediction.confidence,
+                model_version=prediction.model_version,
+                now=ctx.clock(),
+            )
         )
     except FeedbackStoreUnavailable as exc:
         log.warning("feedback not stored: %s", exc, extra={"fields": {"event": "feedback_store_unavailable"}})

@@ -4,7 +4,7 @@ Only what POST /feedback judged incorrect is stored, only after ``anonymise``, a
 REVIEW_MAX_CHARS of it (a longer text ends in TRUNCATED: feedback/review.py). Timestamps are given by
 the caller (an injected clock), so retention is testable without waiting 30 days.
 
-The server reaches the database only through ``write`` and ``purge_async``: on the store's own single
+The server reaches the database only through ``on_own_thread``: on the store's own single
 thread, never asyncio's default pool, which tokenizes long texts for /infer; a locked or slow database
 must cost feedback, not predictions. A write waits at most BUSY_TIMEOUT_S for a lock held by another
 connection, and at most MAX_QUEUED writes wait for the thread; beyond either it fails at once with
@@ -20,7 +20,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -113,7 +112,7 @@ class FeedbackStore:
         with self._lock:
             self._conn.close()
 
-    async def _on_own_thread(self, fn: Callable[[], T]) -> T:
+    async def on_own_thread(self, fn: Callable[[], T]) -> T:
         """``fn()`` on the store's thread; FeedbackStoreUnavailable if the queue is full, the store
         is closed, or SQLite fails (nothing was written then)."""
         if not self._slots.acquire(blocking=False):
@@ -130,35 +129,6 @@ class FeedbackStore:
             return await asyncio.wrap_future(job)
         except sqlite3.Error as exc:
             raise FeedbackStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    async def write(
-        self,
-        *,
-        request_id: str,
-        text: str,
-        predicted: str,
-        true_label: str,
-        confidence: float,
-        model_version: str,
-        now: datetime,
-    ) -> None:
-        """``add_misclassified`` on the store's thread (module doc)."""
-        await self._on_own_thread(
-            partial(
-                self.add_misclassified,
-                request_id=request_id,
-                text=text,
-                predicted=predicted,
-                true_label=true_label,
-                confidence=confidence,
-                model_version=model_version,
-                now=now,
-            )
-        )
-
-    async def purge_async(self, now: datetime) -> int:
-        """``purge`` on the store's thread (module doc)."""
-        return await self._on_own_thread(partial(self.purge, now))
 
     def add_misclassified(
         self,

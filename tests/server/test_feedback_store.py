@@ -11,6 +11,7 @@ import threading
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -214,15 +215,7 @@ def _add(store: FeedbackStore, request_id: str = "r1") -> None:
 
 
 async def _write(store: FeedbackStore, request_id: str = "r1") -> None:
-    await store.write(
-        request_id=request_id,
-        text="awful",
-        predicted="positive",
-        true_label="negative",
-        confidence=0.9,
-        model_version="v1",
-        now=datetime(2026, 1, 1, tzinfo=UTC),
-    )
+    await store.on_own_thread(partial(_add, store, request_id))
 
 
 @pytest.fixture
