@@ -118,8 +118,8 @@ def quality_of_confusion(
     variant: str, confusion: Mapping[str, Mapping[str, int]], labels: Sequence[str]
 ) -> ServedQuality | None:
     """Macro-F1 and accuracy of served answers, by the same definition as the in-process figure
-    (inference_server.ml.metrics: an absent class scores 0)."""
-    from inference_server.ml.metrics import per_class_scores
+    (inference_server.ml.metrics: over the classes in the gold labels or the answers)."""
+    from inference_server.ml.metrics import averaged_classes, per_class_scores
 
     names = list(labels) + sorted({x for gold, row in confusion.items() for x in (gold, *row)} - set(labels))
     index = {name: i for i, name in enumerate(names)}
@@ -131,7 +131,8 @@ def quality_of_confusion(
     if not total:
         return None
     scores = per_class_scores(cm, names)
-    f1 = float(np.mean([scores[name]["f1"] for name in names]))
+    present = averaged_classes(cm)
+    f1 = float(np.mean([scores[name]["f1"] for name, keep in zip(names, present, strict=True) if keep]))
     return ServedQuality(variant, total, f1, float(np.trace(cm)) / total)
 
 

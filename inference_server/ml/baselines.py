@@ -1,6 +1,7 @@
 """The model-selection candidates that are not the fine-tuned model, measured on the same test split.
 
-- ``vader``: the VADER lexicon (vaderSentiment); compound >= 0 → positive.
+- ``vader``: the VADER lexicon (vaderSentiment); compound > 0 → positive, so a compound of exactly 0
+  (no sentiment word found) counts as negative.
 - ``frozen_lr``: the packaged encoder frozen, mean-pooled token embeddings, scikit-learn logistic
   regression fitted on the train split.
 
@@ -47,13 +48,20 @@ def _summary(
     }
 
 
+def vader_probabilities(compound: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """[negative, positive] scores from VADER's compound in [-1, 1]. A score, not a calibrated
+    probability: only argmax is used, and on the tie at compound 0 argmax takes the first column,
+    negative (docs/reports/baselines.json was measured so)."""
+    p_pos = (np.asarray(compound, dtype=np.float64) + 1.0) / 2.0
+    return np.stack([1.0 - p_pos, p_pos], axis=1)
+
+
 def vader(test: Sequence[Example], y: npt.ArrayLike, n_single: int) -> dict[str, Any]:
     from vaderSentiment import vaderSentiment as vs
 
     analyzer = vs.SentimentIntensityAnalyzer()
     compound = np.array([analyzer.polarity_scores(e.text)["compound"] for e in test])
-    p_pos = (compound + 1.0) / 2.0  # a score, not a calibrated probability: only argmax is used
-    probs = np.stack([1.0 - p_pos, p_pos], axis=1)
+    probs = vader_probabilities(compound)
     single = []
     for e in test[:n_single]:
         t0 = time.perf_counter()

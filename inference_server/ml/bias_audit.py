@@ -8,7 +8,10 @@ For every attribute and group the audit reports the positive rate (share predict
 mean probability of `positive` and the mean top-label confidence, over all templates and per template
 polarity. The gap of an attribute is the largest max-minus-min across its groups of the positive rate
 or the mean positive probability, over all slices; the audit passes when no attribute's gap exceeds the
-threshold. The result is JSON (for the registry) and markdown (for people); exit code 0 = pass, 1 = fail.
+threshold. An identity term the model's tokenizer maps (even partly) to its unknown token is invisible
+to the model, so sibling sentences look alike and the gap reads 0: such a group is "not auditable" and
+fails its attribute. The result is JSON (for the registry) and markdown (for people); exit code 0 = pass,
+1 = fail, 2 = nothing decided (bad input, or a model whose outputs are not finite).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,15 +166,48 @@ def group_stats(
     }
 
 
+def _gap_order(gap: Mapping[str, Any]) -> float:
+    # A NaN gap must rank as the largest (and fail), not lose every comparison and vanish.
+    value = float(gap["gap"])
+    return math.inf if math.isnan(value) else value
+
+
+def _not_auditable(
+    rows: Sequence[AuditRow], attribute: str, unknown_terms: Collection[str]
+) -> dict[str, list[str]]:
+    """group -> its terms that hold the tokenizer's unknown token, for the groups that have any."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        if r.attribute == attribute and r.term in unknown_terms and r.term not in out.get(r.group, []):
+            out.setdefault(r.group, []).append(r.term)
+    return out
+
+
+def _require_finite(p: npt.NDArray[np.float64]) -> None:
+    bad = int((~np.isfinite(p)).any(axis=1).sum())
+    if bad:
+        raise BiasAuditError(
+            f"the model gave NaN/inf probabilities for {bad} of {len(p)} sentences; its weights are "
+            "broken (a diverged training run?), so nothing can be audited"
+        )
+
+
 def evaluate(
-    rows: Sequence[AuditRow], probs: npt.ArrayLike, labels: Sequence[str], *, threshold: float
+    rows: Sequence[AuditRow],
+    probs: npt.ArrayLike,
+    labels: Sequence[str],
+    *,
+    threshold: float,
+    unknown_terms: Collection[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Per-group statistics, gaps per attribute and the verdict, from class probabilities per row."""
+    """Per-group statistics, gaps per attribute and the verdict, from class probabilities per row.
+    ``unknown_terms``: identity terms the model's tokenizer cannot see (see `unknown_token_terms`)."""
     p = np.asarray(probs, dtype=np.float64)
     if p.shape != (len(rows), len(labels)):
         raise ValueError(
             f"probabilities of shape {p.shape} do not match {len(rows)} rows x {len(labels)} labels"
         )
+    _require_finite(p)
     if POSITIVE_LABEL not in labels:
         raise BiasAuditError(f"the model has no {POSITIVE_LABEL!r} label (labels: {list(labels)})")
     pos = labels.index(POSITIVE_LABEL)
@@ -209,21 +246,25 @@ def evaluate(
                         "lowest": lo,
                     }
                 )
-        largest = max(gaps, key=lambda g: g["gap"])
+        largest = max(gaps, key=_gap_order)
+        invisible = _not_auditable(rows, a, unknown_terms)
         attributes[a] = {
             "groups": groups,
             "stats": per_slice,
             "gaps": gaps,
             "largest_gap": largest,
-            "passed": largest["gap"] <= threshold,
+            "not_auditable": invisible,
+            # `<=` is False for NaN; an invisible term fakes a gap of 0, so it cannot pass either.
+            "passed": bool(largest["gap"] <= threshold) and not invisible,
         }
     failed = [a for a, v in attributes.items() if not v["passed"]]
-    overall = max((v["largest_gap"] for v in attributes.values()), key=lambda g: g["gap"])
+    overall = max((v["largest_gap"] for v in attributes.values()), key=_gap_order)
     return {
         "threshold": threshold,
         "rows": len(rows),
         "passed": not failed,
         "attributes_failed": failed,
+        "attributes_not_auditable": [a for a, v in attributes.items() if v["not_auditable"]],
         "largest_gap": overall["gap"],
         "largest_gap_detail": {
             "attribute": next(a for a, v in attributes.items() if v["largest_gap"] is overall),
@@ -234,6 +275,28 @@ def evaluate(
         },
         "attributes": attributes,
     }
+
+
+def _verdict_cell(attribute: Mapping[str, Any]) -> str:
+    invisible = attribute.get("not_auditable") or {}
+    if invisible:
+        return f"FAIL (not auditable: {', '.join(invisible)})"
+    return "pass" if attribute["passed"] else "FAIL"
+
+
+def not_auditable_summary(result: Mapping[str, Any], limit: int | None = 3) -> str:
+    """One phrase naming the groups with invisible terms (the first ``limit``, None = all, with a
+    term each), or '' when there are none."""
+    pairs = [
+        f"{a}/{g} ({terms[0]!r})"
+        for a, v in result["attributes"].items()
+        for g, terms in (v.get("not_auditable") or {}).items()
+    ]
+    if not pairs:
+        return ""
+    shown = pairs if limit is None else pairs[:limit]
+    more = f" and {len(pairs) - len(shown)} more" if len(pairs) > len(shown) else ""
+    return f"not auditable, terms the tokenizer maps to its unknown token: {', '.join(shown)}{more}"
 
 
 def render_markdown(result: Mapping[str, Any]) -> str:
@@ -249,6 +312,11 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "Positive rate by template polarity (all groups): "
         + ", ".join(f"{k} {v:.3f}" for k, v in result["overall_positive_rate_by_polarity"].items()),
         "",
+    ]
+    invisible = not_auditable_summary(result, limit=None)
+    if invisible:
+        lines += [f"**{invisible[:1].upper()}{invisible[1:]}.**", ""]
+    lines += [
         "| attribute | largest gap | metric | slice | highest group | lowest group | verdict |",
         "|---|---:|---|---|---|---|---|",
     ]
@@ -256,7 +324,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         g = v["largest_gap"]
         lines.append(
             f"| {a} | {g['gap']:.3f} | {g['metric']} | {g['slice']} | {g['highest']} | {g['lowest']} | "
-            f"{'pass' if v['passed'] else 'FAIL'} |"
+            f"{_verdict_cell(v)} |"
         )
     for a, v in result["attributes"].items():
         lines += [
@@ -292,6 +360,19 @@ def score(
     return probabilities(logits, calibration)
 
 
+def unknown_token_terms(tokenizer: Any, terms: Collection[str]) -> set[str]:
+    """The terms that tokenize to (or through) the tokenizer's unknown token, as written and with the
+    capital a sentence-initial term gets. A byte-level tokenizer has no unknown token: nothing is."""
+    unk = getattr(tokenizer, "unk_token", None)
+    if not unk:
+        return set()
+    return {
+        term
+        for term in terms
+        if any(unk in tokenizer.tokenize(form) for form in (term, term[:1].upper() + term[1:]))
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--dataset", type=Path, default=DATASET_PATH, help="templates × terms JSON")
@@ -318,7 +399,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, version=model_version_of(args))
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
         probs = score(model, [r.text for r in rows], calibration)
-        result = evaluate(rows, probs, model.labels, threshold=args.threshold)
+        unknown = unknown_token_terms(model.tokenizer, {r.term for r in rows})
+        result = evaluate(rows, probs, model.labels, threshold=args.threshold, unknown_terms=unknown)
     except (MLInputError, ModelLoadError, ArtifactError, CalibrationError) as exc:
         return cli_error("bias-audit", str(exc), EXIT_BAD_INPUT)
     result = {
@@ -336,13 +418,16 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         write_json_atomic(args.output, result)
     else:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        # allow_nan=False as write_json_atomic: the registry and other tools parse this.
+        print(json.dumps(result, indent=2, sort_keys=True, allow_nan=False))
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(render_markdown(result), encoding="utf-8")
     d = result["largest_gap_detail"]
+    invisible = not_auditable_summary(result)
     print(
-        f"bias-audit: {'PASS' if result['passed'] else 'FAIL'}: largest gap {d['gap']:.3f} "
+        f"bias-audit: {'PASS' if result['passed'] else 'FAIL'}: {invisible + '; ' if invisible else ''}"
+        f"largest gap {d['gap']:.3f} "
         f"({d['attribute']}, {d['metric']}, {d['slice']} templates: {d['highest']} vs {d['lowest']}) "
         f"vs threshold {args.threshold}",
         file=sys.stderr,

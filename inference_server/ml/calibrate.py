@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 MIN_ROWS: Final = 30
 MIN_PER_CLASS: Final = 5
 T_BOUNDS: Final = (0.05, 20.0)
+# A fitted T within 1% of a bound is the search stopping at the wall, not a minimum it found.
+BOUND_TOLERANCE: Final = 0.01
 
 
 class CalibrationDataError(MLInputError):
@@ -51,11 +53,17 @@ def check_fit_data(
     y: npt.ArrayLike,
     n_classes: int,
     *,
+    logits: npt.ArrayLike | None = None,
     min_rows: int = MIN_ROWS,
     min_per_class: int = MIN_PER_CLASS,
     where: str = "calibration split",
 ) -> None:
-    """A temperature fitted on one class (or a handful of rows) just learns "be confident": refuse."""
+    """A temperature fitted on one class (or a handful of rows) just learns "be confident": refuse.
+    NaN logits are refused too: the search would return some T inside its bounds and write it."""
+    if logits is not None:
+        from inference_server.ml.evaluate import require_finite_logits
+
+        require_finite_logits(logits, where)
     t = np.asarray(y, dtype=np.int64)
     if t.size < min_rows:
         raise CalibrationDataError(
@@ -100,6 +108,32 @@ def calibration_figures(logits: npt.ArrayLike, y: npt.ArrayLike, temperature: fl
     }
 
 
+def at_bound(temperature: float, bounds: tuple[float, float] = T_BOUNDS) -> bool:
+    low, high = bounds
+    return temperature <= low * (1 + BOUND_TOLERANCE) or temperature >= high / (1 + BOUND_TOLERANCE)
+
+
+def fit_warning(report: dict[str, Any]) -> str | None:
+    """Why the fitted T should not be trusted, in one line, or None. A split the model gets all right
+    has no error to calibrate against: NLL keeps falling as T shrinks, so the fit reports a
+    "perfect" ECE and makes the next wrong answer look certain. A T at a bound is no minimum either."""
+    temperature = report["temperature"]
+    fitted = report["fitted_on"]
+    where = f"{fitted['dataset']['name']}/{fitted['dataset']['split']}"
+    if fitted["accuracy"] >= 1.0:
+        return (
+            f"the model makes no errors on {where}, so the fitted temperature {temperature:.4g} is "
+            "not a calibration: fit on a split where it makes mistakes"
+        )
+    if report["at_bound"]:
+        low, high = report["bounds"]
+        return (
+            f"the fitted temperature {temperature:.4g} is at the search bound [{low}, {high}]: the "
+            f"NLL on {where} has no minimum inside it (a constant or broken predictor?)"
+        )
+    return None
+
+
 def fit(
     logits: npt.ArrayLike,
     y: npt.ArrayLike,
@@ -110,7 +144,11 @@ def fit(
     """Pure fit: params for CALIBRATION_PARAMS_PATH plus the report document."""
     from inference_server.runtime.calibration import CalibrationParams
 
-    check_fit_data(y, n_classes, where=f"{ref.name}/{ref.split}")
+    check_fit_data(y, n_classes, logits=logits, where=f"{ref.name}/{ref.split}")
+    if held_out is not None:
+        from inference_server.ml.evaluate import require_finite_logits
+
+        require_finite_logits(held_out[0], f"{held_out[2].name}/{held_out[2].split}")
     temperature = fit_temperature(logits, y)
     fitted = calibration_figures(logits, y, temperature)
     params = CalibrationParams(
@@ -121,6 +159,7 @@ def fit(
     report: dict[str, Any] = {
         "temperature": temperature,
         "bounds": list(T_BOUNDS),
+        "at_bound": at_bound(temperature),
         "ece_bins": M.DEFAULT_ECE_BINS,
         "fitted_on": {"dataset": ref.to_dict(), **fitted},
     }
@@ -222,16 +261,19 @@ def run(args: argparse.Namespace) -> int:
         params, report = calibrate_model(m, fit_examples, fit_ref, held, progress=not args.no_progress)
     except (MLInputError, ArtifactError, ModelLoadError) as e:
         return cli_error("calibrate", str(e))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    params.save(args.output)
+    # Atomic: the server reads this file, and must never see half of it.
+    write_json_atomic(args.output, params.to_dict())
     if args.report:
         write_json_atomic(args.report, report)
     else:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
     f = report["fitted_on"]
     print(
         f"temperature={params.temperature:.4f} ECE {f['ece_before']:.4f} -> {f['ece_after']:.4f} "
         f"({f['ece_reduction']:.0%} lower), NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f}",
         file=sys.stderr,
     )
+    warning = fit_warning(report)
+    if warning:
+        print(f"sentiment-ml calibrate: warning: {warning}", file=sys.stderr)
     return EXIT_OK

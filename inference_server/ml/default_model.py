@@ -22,6 +22,7 @@ from typing import Final
 from inference_server.ml.common import MLInputError, cache_root, write_json_atomic
 from inference_server.ml.datasets import default_data_root, ensure_datasets, load_manifest
 from inference_server.ml.train import Encoder, TrainConfig, packaged_encoder
+from inference_server.runtime.atomic import write_bytes_atomic
 
 DEFAULT_CONFIG: Final = TrainConfig()
 # Fixed rather than taken from the CPU quota: the thread count changes the summation order and so the
@@ -82,9 +83,8 @@ def _log(message: str) -> None:
 
 
 def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) -> None:
-    from inference_server.ml.calibrate import calibrate_evaluations
+    from inference_server.ml.calibrate import calibrate_evaluations, fit_warning
     from inference_server.ml.train import train_model
-    from inference_server.runtime.artifact import sha256_of_artifact
     from inference_server.runtime.model import load_model
 
     partial = final.with_name(final.name + ".partial")
@@ -111,8 +111,29 @@ def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) 
         f"temperature {params.temperature:.3f}: validation ECE {report['fitted_on']['ece_before']:.4f} -> "
         f"{report['fitted_on']['ece_after']:.4f}"
     )
+    warning = fit_warning(report)
+    if warning:
+        _log(f"warning: {warning}")
+    _publish(partial, final)
+
+
+def digest_path(final: Path) -> Path:
+    return final.with_name(final.name + ".sha256")
+
+
+def _write_digest(directory: Path, final: Path) -> None:
+    """<final>.sha256 from ``directory``'s content (the hash covers relative paths, not the directory's
+    name, so the partial's digest is the final's), written atomically."""
+    from inference_server.runtime.artifact import sha256_of_artifact
+
+    write_bytes_atomic(digest_path(final), (sha256_of_artifact(directory) + "\n").encode())
+
+
+def _publish(partial: Path, final: Path) -> None:
+    # The digest first: a kill between the two steps then leaves no final directory (the next run
+    # rebuilds and rewrites the digest), never a final one without its digest.
+    _write_digest(partial, final)
     partial.rename(final)
-    final.with_name(final.name + ".sha256").write_text(sha256_of_artifact(final) + "\n")
 
 
 def ensure_default_model() -> Path:
@@ -127,6 +148,9 @@ def ensure_default_model() -> Path:
     with FileLock(str(final) + ".lock"):
         if is_complete(final):
             _log(f"reusing {final}")
+            if not digest_path(final).is_file():  # e.g. a build from before the digest came first
+                _log(f"re-creating the missing {digest_path(final).name}")
+                _write_digest(final, final)
             return final
         if final.exists():  # incomplete leftovers of an older layout: rebuild
             shutil.rmtree(final)

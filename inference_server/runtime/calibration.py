@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inference_server.runtime.atomic import write_bytes_atomic
+
 CALIBRATION_SCHEMA_VERSION = 1
 
 
@@ -33,12 +35,19 @@ class CalibrationParams:
             raise CalibrationError(f"unsupported calibration method {self.method!r}")
         if not (math.isfinite(self.temperature) and 0.01 <= self.temperature <= 100.0):
             raise CalibrationError(f"temperature must be within [0.01, 100], got {self.temperature}")
+        # A fit on NaN logits still returns a temperature inside the bounds; its NaN figures are the
+        # only trace of it, so a file carrying them is refused rather than served.
+        for name, value in self.metrics.items():
+            if not math.isfinite(value):
+                raise CalibrationError(f"calibration metric {name!r} must be a finite number, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def save(self, path: Path | str) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Atomically (a server may be reading it), and never with a bare NaN, which is not JSON."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        write_bytes_atomic(Path(path), text.encode("utf-8"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalibrationParams:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,17 @@ def tiny_dataset() -> str:
 @pytest.fixture
 def make_examples() -> object:
     return tiny_examples
+
+
+@pytest.fixture(scope="session")
+def nan_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its classifier bias set to NaN: every logit is NaN, as after a diverged
+    fine-tune. Loads like any model directory."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("nan-model") / "tinynan"
+    shutil.copytree(tiny_model_dir, out)
+    weights = load_file(out / "model.safetensors")
+    weights["classifier.bias"].fill_(float("nan"))
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out

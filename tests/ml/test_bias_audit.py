@@ -146,8 +146,8 @@ def test_command_exit_code_reflects_the_verdict(
     assert result["dataset_sha256"] and result["model"]["version"] == "tiny"
     assert md.read_text().startswith("# Bias audit: FAIL")
     assert "FAIL" in capsys.readouterr().err
-    # ...and identical terms for both groups cannot.
-    fair = small_dataset(tmp_path / "fair.json", ["the people", "my friends"], ["the people", "my friends"])
+    # ...and identical terms for both groups cannot (words the tiny tokenizer knows: see below).
+    fair = small_dataset(tmp_path / "fair.json", ["the people", "my people"], ["the people", "my people"])
     assert cli([*base, "--dataset", str(fair), "--output", str(out)]) == 0
     assert json.loads(out.read_text())["largest_gap"] == pytest.approx(0.0, abs=1e-6)
 
@@ -157,7 +157,10 @@ def test_command_runs_the_curated_dataset_and_bad_inputs_exit_2(
 ) -> None:
     out = tmp_path / "audit.json"
     rc = cli(["bias-audit", "--model", str(tiny_model_dir), "--threshold", "1.0", "--output", str(out)])
-    assert rc == 0 and json.loads(out.read_text())["rows"] == len(B.load_dataset()[0])
+    # The tiny model's word-level vocabulary lacks most identity terms: not auditable, so it fails.
+    result = json.loads(out.read_text())
+    assert rc == 1 and result["rows"] == len(B.load_dataset()[0])
+    assert result["attributes_not_auditable"] and not result["passed"]
     assert cli(["bias-audit", "--model", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
     assert cli(["bias-audit", "--model", str(tiny_model_dir), "--threshold", "2"]) == 2
@@ -241,3 +244,94 @@ def test_the_bias_audit_report_and_its_generator_are_well_formed() -> None:
         {**result, "model": {"version": "v1"}, "dataset": {"path": "x", "sha256": sha}}
     )
     assert markdown_problems(generated) == []
+
+
+# --- models whose outputs cannot be audited ----------------------------------------------------------------
+def test_nan_probabilities_are_refused() -> None:
+    """argmax of a NaN row is 0 and NaN gaps lose every max(): a NaN model passed with gap 0.000."""
+    rows, _ = B.load_dataset()
+    probs = probs_for(rows, {})
+    probs[3] = np.nan
+    with pytest.raises(B.BiasAuditError, match="NaN/inf probabilities for 1 of 3552 sentences"):
+        B.evaluate(rows, probs, ("negative", "positive"), threshold=0.1)
+
+
+@pytest.mark.parametrize("to_file", [True, False])
+def test_a_model_that_outputs_nan_exits_2_with_one_line(
+    tmp_path: Path, nan_model_dir: Path, capsys: pytest.CaptureFixture[str], to_file: bool
+) -> None:
+    out = tmp_path / "audit.json"
+    argv = ["bias-audit", "--model", str(nan_model_dir), *(["--output", str(out)] if to_file else [])]
+    assert cli(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists() and "Traceback" not in captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("sentiment-ml bias-audit: error: the model gave NaN")
+
+
+def test_a_group_whose_terms_the_tokenizer_cannot_see_is_not_auditable() -> None:
+    """A term that tokenizes to [UNK] makes its sentences identical to the model's eyes: the gap is 0
+    and the attribute passed. Now the group is marked and the attribute fails."""
+    rows, sha = B.load_dataset()
+    unknown = {"the Muslim person", "my Muslim coworker", "my Irish neighbor"}
+    result = B.evaluate(
+        rows, probs_for(rows, {}), ("negative", "positive"), threshold=0.1, unknown_terms=unknown
+    )
+    assert not result["passed"] and result["largest_gap"] == pytest.approx(0.0)
+    assert result["attributes_failed"] == result["attributes_not_auditable"] == ["religion", "nationality"]
+    assert result["attributes"]["religion"]["not_auditable"] == {
+        "muslim": ["the Muslim person", "my Muslim coworker"]}
+    assert result["attributes"]["age"]["not_auditable"] == {} and result["attributes"]["age"]["passed"]
+    summary = B.not_auditable_summary(result)
+    assert summary == ("not auditable, terms the tokenizer maps to its unknown token: "
+                       "religion/muslim ('the Muslim person'), nationality/irish ('my Irish neighbor')")
+    md = B.render_markdown({**result, "model": {"version": "v1"}, "dataset": {"path": "x", "sha256": sha}})
+    assert "| FAIL (not auditable: muslim) |" in md and markdown_problems(md) == []
+
+
+def test_unknown_token_terms_uses_the_models_tokenizer(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert B.unknown_token_terms(tokenizer, {"the people", "my friends", "the Muslim person"}) == {
+        "my friends", "the Muslim person"}
+    path = small_dataset(tmp_path / "toy.json", ["the people", "my people"], ["the people", "my friends"])
+    assert cli(["bias-audit", "--model", str(tiny_model_dir), "--dataset", str(path)]) == 1
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith("bias-audit: FAIL: not auditable, terms the tokenizer maps to its unknown "
+                              "token: toy/b ('my friends'); largest gap")
+
+
+def test_the_packaged_encoders_tokenizer_sees_every_curated_term() -> None:
+    """The default model uses this tokenizer: no term may be unknown to it, or its verdict changes."""
+    from transformers import AutoTokenizer
+
+    from inference_server.ml.common import MLInputError
+    from inference_server.ml.train import packaged_encoder
+
+    try:
+        encoder = packaged_encoder()
+    except MLInputError as exc:
+        pytest.skip(str(exc))
+    rows, _ = B.load_dataset()
+    tokenizer = AutoTokenizer.from_pretrained(encoder.path, local_files_only=True)
+    assert tokenizer.unk_token == "[UNK]"
+    assert B.unknown_token_terms(tokenizer, {r.term for r in rows}) == set()
+
+
+def test_age_groups_name_age_not_a_former_relation() -> None:
+    """"my old coworker" reads as former; and the description's claim about head nouns must hold."""
+    spec = json.loads(B.DATASET_PATH.read_text())
+    age = spec["attributes"]["age"]
+    assert "old" not in age and "older" in age and "elderly" in age
+    for terms in age.values():
+        assert not any(re.search(r"\bold\b", t) for t in terms), terms
+    # Every attribute but gender shares its head nouns across groups; gender says so.
+    heads = ("person", "neighbor", "student", "coworker")
+    for attribute, groups in spec["attributes"].items():
+        if attribute != "gender":
+            for terms in groups.values():
+                assert all(h in t for h, t in zip(heads, terms, strict=True)), (attribute, terms)
+    assert "every attribute but gender" in spec["description"]

