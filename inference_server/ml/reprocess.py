@@ -87,9 +87,11 @@ def id_key(record_id: Any) -> str:
 
 
 def shard_of(record_id: Any, shards: int) -> int:
-    """Stable across processes, machines and Python versions (unlike hash()); hashes the id's text,
-    so "5" and 5 fall in the same shard (as they always have: existing checkpoints stay valid)."""
-    digest = hashlib.sha256(str(record_id).encode("utf-8")).digest()
+    """Stable across processes, machines and Python versions (unlike hash()). Hashes the id's text, so
+    "5" and 5 share a shard as they always have; ids that ``id_key`` calls the same record (1 and 1.0)
+    must share one too, or two shards would each write it."""
+    text = str(int(record_id)) if isinstance(record_id, float) and record_id.is_integer() else str(record_id)
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % shards
 
 
@@ -194,15 +196,16 @@ class JsonlSource:
         digest = hashlib.sha256()
         if position is None:
             return 0, digest
-        if isinstance(position, int):  # a checkpoint from before the fingerprint: trusted as it is
-            return position, digest
-        offset, expected = int(position["offset"]), str(position["sha256"])
+        legacy = isinstance(position, int)  # a checkpoint from before the fingerprint: trusted as it is
+        offset = position if legacy else int(position["offset"])
         with self.path.open("rb") as fh:
             remaining = offset
             while remaining > 0 and (block := fh.read(min(remaining, 1 << 20))):
-                digest.update(block)
+                digest.update(block)  # a legacy offset too: checkpoints from here on hash from byte 0
                 remaining -= len(block)
-        if remaining > 0 or digest.hexdigest() != expected:
+        if legacy:
+            return offset, digest
+        if remaining > 0 or digest.hexdigest() != str(position["sha256"]):
             raise ReprocessError(
                 f"{self.path} changed since the checkpoint: its first {offset} bytes are not the ones "
                 "already processed (only appending to the input is safe); restore the input, or "

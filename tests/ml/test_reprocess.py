@@ -618,3 +618,46 @@ def test_a_sqlite_input_path_with_uri_characters_is_opened_read_only_as_named(tm
     records = [r for chunk, _ in source.chunks(None, 10) for r in chunk]
     assert len(records) == 5
     assert sorted(p.name for p in folder.iterdir()) == ["in#1.db"]
+
+
+def test_a_checkpoint_from_before_the_fingerprint_resumes_and_so_does_the_next_one(tmp_path: Path) -> None:
+    # A legacy checkpoint (a bare byte offset) was resumed with a hash started at the offset, so the next
+    # resume of the unchanged input was refused as "changed since the checkpoint".
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    lines = [json.dumps({"id": f"r{i}", "text": "great film"}) + "\n" for i in range(9)]
+    src.write_text("".join(lines))
+    checkpoint = out / "part-00000-of-00001.checkpoint.json"
+    calls = {"n": 0}
+
+    def dying(records: Sequence[RP.Record]) -> list[dict[str, Any]]:
+        calls["n"] += 1
+        if calls["n"] in (2, 4):
+            raise RuntimeError("killed")
+        return fake_scorer(records)
+
+    def run() -> None:
+        RP.reprocess(
+            RP.JsonlSource(src),
+            RP.JsonlSink(out, 0, 1),
+            dying,
+            shard=0,
+            shards=1,
+            identity=IDENTITY,
+            chunk_size=3,
+        )
+
+    with pytest.raises(RuntimeError):
+        run()
+    legacy = json.loads(checkpoint.read_text())
+    checkpoint.write_text(json.dumps({**legacy, "position": legacy["position"]["offset"]}))
+    with pytest.raises(RuntimeError):
+        run()  # resumes from the bare offset, then dies again
+    run()  # resumes from the checkpoint the legacy resume wrote
+    assert ids_in(out) == Counter(RP.id_key(f"r{i}") for i in range(9))
+
+
+def test_ids_that_are_the_same_record_share_a_shard() -> None:
+    # id_key calls 1 and 1.0 one record; sharding hashed "1" and "1.0", so two shards each wrote it.
+    for shards in (2, 7, 13):
+        assert RP.shard_of(1.0, shards) == RP.shard_of(1, shards) == RP.shard_of("1", shards)
+        assert RP.shard_of(2.5, shards) == RP.shard_of("2.5", shards)
