@@ -26,9 +26,11 @@ next batch. The lock is held until the work on the workers has ended, even when 
 gone (cancelled, or answered by ``abandon``).
 
 Other torch work (a pass of /explain's saliency, ``run_exclusive``) never queues on the lock itself: it
-asks the collector for a turn, and the collector hands the lock to the oldest such request only when no
-inference request is queued. A lock shared in arrival order would put each inference batch behind one
-pass of every explanation in flight; this way it waits for at most the one pass already running.
+asks the collector for a turn, and the collector hands the lock to the oldest such request when no
+inference request is queued, or when it has already waited through one round of batches. A lock shared
+in arrival order would put each inference batch behind one pass of every explanation in flight; this
+way an inference batch waits for at most one pass, and an explanation under sustained load still gets
+every other turn.
 
 Shutting down: ``stop`` refuses new work and finishes what is queued. When the shutdown's deadline is
 near, ``abandon`` fails every request still waiting (queued, in a planned batch, or awaiting a pass
@@ -198,6 +200,7 @@ class MicroBatcher:
         # Exclusive work waiting for its turn: each future is resolved when the collector hands its
         # caller ``_forward_lock`` (see ``_exclusive_turn``).
         self._turns: deque[asyncio.Future[None]] = deque()
+        self._turn_owed = False  # exclusive work waited through a round of batches: it goes next
         self._wake = asyncio.Event()
         self._announced = 0
         self._forward_lock = asyncio.Lock()  # held while a forward pass runs (collector or lone request)
@@ -443,12 +446,18 @@ class MicroBatcher:
             # A lone request's pass or exclusive work may be running: wait for it, so that whatever
             # queued meanwhile goes into one batch rather than trickling in behind it one by one.
             await self._forward_lock.acquire()
-            if self._queue:  # inference first: an exclusive turn waits for the queued batches
+            # Inference first, but exclusive work that has waited behind one round of batches goes
+            # next: under sustained load the queue is never empty, and an explanation would wait forever
+            # (holding one of the few explanation slots) while /infer waits for at most one pass anyway.
+            if self._queue and not (self._turn_owed and self._turns):
+                self._turn_owed = bool(self._turns)
                 try:
                     await self._run_queued()
                 finally:
                     self._forward_lock.release()
-            elif not self._hand_turn():  # handed over: the exclusive work releases it when it ends
+            elif self._hand_turn():  # handed over: the exclusive work releases the lock when it ends
+                self._turn_owed = False
+            else:
                 self._forward_lock.release()
 
     async def _run_queued(self) -> None:
