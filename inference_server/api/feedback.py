@@ -9,6 +9,7 @@ again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 
@@ -111,14 +112,30 @@ async def feedback(
         raise _in_progress(body.request_id) if ctx.recent.held(body.request_id) else _unknown(body.request_id)
     outcome = judge(prediction.label, body.label)
     stored = outcome is FeedbackOutcome.INCORRECT and ctx.store is not None
-    try:
-        if stored:
-            await _store(ctx, prediction, body.label)
-    except BaseException:  # the 503, or the request cancelled: the id stays usable for a retry
-        ctx.recent.release(prediction)
-        raise
-    ctx.recent.settle(prediction)
-    ctx.metrics.observe_feedback(body.label, prediction.label, outcome)
+
+    def record() -> None:
+        ctx.recent.settle(prediction)
+        ctx.metrics.observe_feedback(body.label, prediction.label, outcome)
+
+    def record_if_written(write: asyncio.Future[None]) -> None:
+        if write.cancelled() or write.exception() is not None:
+            ctx.recent.release(prediction)  # not stored: the same feedback may be sent again
+        else:
+            record()
+
+    if stored:
+        write = asyncio.ensure_future(_store(ctx, prediction, body.label))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The client went away mid-write. The row may still commit, so its outcome decides: giving
+            # the id back now would let a retry store the sample twice.
+            write.add_done_callback(record_if_written)
+            raise
+        except BaseException:  # the 503: nothing stored, the id stays usable for a retry
+            ctx.recent.release(prediction)
+            raise
+    record()
     return JSONBytes(
         {
             "request_id": body.request_id,

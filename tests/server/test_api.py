@@ -431,6 +431,59 @@ async def test_a_stuck_feedback_store_starves_neither_inference_nor_itself(
     assert codes.count(200) == MAX_QUEUED and codes.count(503) == n - MAX_QUEUED
 
 
+async def test_a_feedback_cancelled_mid_write_is_recorded_once_by_the_writes_outcome(
+    make_settings: Callable[..., ServerSettings],
+) -> None:
+    """While a sample is being written, a second feedback for the id is 409; if the client then goes
+    away, the write still commits, so the outcome counts and the id is used up: giving it back at the
+    cancellation let a retry store the same sample twice."""
+    app = create_app(make_settings())
+    entered, release = threading.Event(), threading.Event()
+
+    async def feedback_total(client: Any) -> float:
+        text = (await client.get(c.Path.METRICS)).text
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == c.METRIC_FEEDBACK_SERIES and s.labels.get("outcome") == "incorrect"
+        )
+
+    async with serving(app) as client:
+        store = app.state.ctx.store
+        real = store.add_misclassified
+
+        def stuck(**kwargs: Any) -> None:
+            entered.set()
+            release.wait(timeout=120)  # a bound, not a timing: set as soon as the checks are done
+            real(**kwargs)
+
+        store.add_misclassified = stuck
+        label = (await client.post(c.Path.INFER, json={"text": "great film", "request_id": "mid"})).json()[
+            "label"
+        ]
+        wrong = {"request_id": "mid", "label": "negative" if label == "positive" else "positive"}
+        before = await feedback_total(client)
+        first = asyncio.create_task(client.post(c.Path.FEEDBACK, json=wrong))
+        try:
+            assert await asyncio.to_thread(entered.wait, 60)
+            again = await client.post(c.Path.FEEDBACK, json=wrong)
+            assert again.status_code == 409 and again.json()["error"]["code"] == "feedback_in_progress"
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+        finally:
+            release.set()
+        for _ in range(600):  # the write finishes on the store's thread: wait for its row (bounded)
+            if store.samples():
+                break
+            await asyncio.sleep(0.05)
+        retry = await client.post(c.Path.FEEDBACK, json=wrong)
+        assert retry.status_code == 404  # recorded by the cancelled request's write
+        assert len(store.samples()) == 1
+        assert await feedback_total(client) == before + 1
+
+
 # --- observability ------------------------------------------------------------------------------
 def test_metrics_follow_the_contract(api: TestClient) -> None:
     def latency_count(endpoint: str, status_class: str) -> float:
