@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from inference_server.contract import FeedbackOutcome
+from inference_server.runtime.saliency import MAX_STEPS
 
 RequestId = Annotated[
     str,
@@ -44,7 +45,7 @@ class ExplainRequest(_Strict):
     text: Text
     request_id: RequestId | None = None
     method: Literal["grad_x_input", "integrated_gradients"] = "grad_x_input"
-    steps: int = Field(20, ge=1, le=200, description="Integration steps (integrated_gradients only)")
+    steps: int = Field(20, ge=1, le=MAX_STEPS, description="Integration steps (integrated_gradients only)")
     target_label: str | None = Field(None, description="Label to explain (default: the predicted one)")
 
 

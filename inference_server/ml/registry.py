@@ -288,7 +288,7 @@ def promote(
     entry = out["versions"][version]
     if entry["stage"] == stage:
         raise RegistryError(f"version {version} is already {stage}")
-    if entry["stage"] == "production" and stage != "production" and not reason:
+    if entry["stage"] == "production" and not reason:  # (already production was refused above)
         raise RegistryError(
             f"taking {version} out of production leaves none; give a --reason (it goes into the history), "
             "or promote its successor to production instead, which archives it"

@@ -89,6 +89,7 @@ class InferenceEngine:
         batch_wait_ms: float,
         threads: int = 1,
         workers: int = 0,
+        endpoints: tuple[str, ...] = (Path.INFER,),
     ) -> None:
         self.model = model
         self.calibration = calibration
@@ -100,7 +101,7 @@ class InferenceEngine:
         self._temperature = calibration.temperature if calibration is not None else 1.0
         # Warm-up passes are not traffic: the batch-size and forward-latency series count users' work only.
         self.warming = False
-        metrics.declare_series(model.labels, endpoints=(Path.INFER,))
+        metrics.declare_series(model.labels, endpoints=endpoints)
         self.batcher = MicroBatcher(
             self._forward,
             max_batch_size=max_batch_size,

@@ -35,7 +35,7 @@ async def test_a_ready_pod_exports_its_label_series_at_zero_and_no_warm_up_passe
     # Counter series appeared on first use, and Prometheus takes a new series' first sample as its start:
     # a new pod's first predictions and feedback were never seen by increase(). The warm-up's six
     # passes were counted as batches and forward passes no user sent.
-    app = create_app(settings_for(tiny_model_dir, tmp_path))
+    app = create_app(settings_for(tiny_model_dir, tmp_path, ENABLE_BATCH="1", enable_explainability="1"))
     async with serving(app) as client:
         at_ready = _samples((await client.get(c.Path.METRICS)).text)
         labels = app.state.ctx.state.engine.labels
@@ -49,7 +49,8 @@ async def test_a_ready_pod_exports_its_label_series_at_zero_and_no_warm_up_passe
                     )
                     == 0.0
                 )
-        assert _value(at_ready, f"{c.METRIC_INPUT_TOKENS}_count", endpoint=c.Path.INFER) == 0.0
+        for endpoint in (c.Path.INFER, c.Path.INFER_BATCH, c.Path.EXPLAIN):  # every enabled endpoint
+            assert _value(at_ready, f"{c.METRIC_INPUT_TOKENS}_count", endpoint=endpoint) == 0.0
         assert _value(at_ready, f"{c.METRIC_BATCH_SIZE}_count") == 0.0
         assert _value(at_ready, f"{c.METRIC_FORWARD_LATENCY}_count") == 0.0
 
