@@ -530,3 +530,19 @@ async def test_an_explanation_under_sustained_load_gets_every_other_turn() -> No
     passes = [i for i, step in enumerate(order) if step.startswith("pass")]
     assert len(passes) == 3 and all(order[i + 1] == "batch" for i in passes[:-1])  # a batch between passes
     await batcher.stop()
+
+
+async def test_a_caller_cancelled_just_after_its_turn_was_handed_releases_the_lock() -> None:
+    """The hand-over and the cancellation can cross: the turn's future has its result, the caller's
+    task is cancelled before it resumes. Whoever was handed the lock must give it back, or every later
+    batch would wait on it forever. (No collector here: the test hands the turn itself.)"""
+    batcher = MicroBatcher(FakeModel(), wait_ms=0)
+    caller = asyncio.create_task(batcher.run_exclusive(lambda: None))
+    while not batcher._turns:
+        await asyncio.sleep(0)
+    await batcher._forward_lock.acquire()  # as the collector holds it when it hands a turn
+    assert batcher._hand_turn()
+    caller.cancel()  # before the caller has resumed from its turn
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert not batcher._forward_lock.locked()
