@@ -38,7 +38,7 @@ from inference_server.ml.common import (
     MLInputError,
     add_model_arguments,
     cli_error,
-    model_version_of,
+    load_model_of,
     write_json_atomic,
 )
 
@@ -388,7 +388,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inference_server.runtime.calibration import CalibrationError, CalibrationParams
-    from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
+    from inference_server.runtime.model import ArtifactError, ModelLoadError
 
     if not 0 <= args.threshold <= 1:
         return cli_error("bias-audit", f"--threshold must lie in [0, 1], got {args.threshold}")
@@ -396,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
         return cli_error("bias-audit", f"give --model or set {Env.MODEL_PATH}")
     try:
         rows, dataset_sha = load_dataset(args.dataset)
-        model = load_model(args.model, version=model_version_of(args))
+        model = load_model_of(args)
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
         probs = score(model, [r.text for r in rows], calibration)
         unknown = unknown_token_terms(model.tokenizer, {r.term for r in rows})

@@ -27,8 +27,8 @@ from inference_server.ml.common import (
     add_model_arguments,
     check_output_file,
     cli_error,
+    load_model_of,
     model_path_of,
-    model_version_of,
     write_json_atomic,
 )
 from inference_server.ml.datasets import Example, default_data_root
@@ -246,7 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inference_server.ml.evaluate import load_dataset_split
-    from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
+    from inference_server.runtime.model import ArtifactError, ModelLoadError
 
     root = args.data_dir or default_data_root()
     try:
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         held = None
         if args.held_out_split.lower() != "none":
             held = load_dataset_split(root, args.dataset, args.held_out_split)
-        m = load_model(model_path, version=model_version_of(args))
+        m = load_model_of(args, model_path)
         params, report = calibrate_model(m, fit_examples, fit_ref, held, progress=not args.no_progress)
     except (MLInputError, ArtifactError, ModelLoadError) as e:
         return cli_error("calibrate", str(e))

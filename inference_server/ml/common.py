@@ -116,6 +116,12 @@ def add_model_arguments(
         default=os.environ.get(Env.MODEL_VERSION) or None,
         help=f"version recorded in outputs (default: ${Env.MODEL_VERSION}, else the model directory's name)",
     )
+    parser.add_argument(
+        "--model-sha256",
+        default=os.environ.get(Env.MODEL_SHA256) or None,
+        help=f"refuse the model unless its artifact has this sha256, as the server does (default: "
+        f"${Env.MODEL_SHA256})",
+    )
     if calibration:
         parser.add_argument(
             "--calibration",
@@ -123,6 +129,20 @@ def add_model_arguments(
             default=os.environ.get(Env.CALIBRATION_PARAMS_PATH) or None,
             help=f"calibration params JSON, confidences as served (default: ${Env.CALIBRATION_PARAMS_PATH})",
         )
+
+
+def load_model_of(args: argparse.Namespace, path: Path | str | None = None, **options: Any) -> Any:
+    """The command's model as the server would load it: from ``path`` (default --model), with the
+    version outputs record, and refused unless its artifact matches --model-sha256 / $MODEL_SHA256 when
+    one is given (a Job in the server image then checks the same artifact the pods serve)."""
+    from inference_server.runtime.model import load_model
+
+    return load_model(
+        path if path is not None else args.model,
+        version=model_version_of(args),
+        expected_sha256=args.model_sha256,
+        **options,
+    )
 
 
 def model_path_of(args: argparse.Namespace) -> Path:

@@ -51,6 +51,7 @@ from inference_server.ml.common import (
     add_model_arguments,
     check_output_file,
     cli_error,
+    load_model_of,
     model_version_of,
 )
 
@@ -611,11 +612,10 @@ def resolve_threshold(flag: float | None, env: Mapping[str, str]) -> float:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from inference_server.runtime.calibration import CalibrationParams
-    from inference_server.runtime.model import load_model
 
     if args.model is None:
         raise DriftInputError(f"scoring a dataset needs --model or {Env.MODEL_PATH}")
-    model = load_model(args.model, version=model_version_of(args))
+    model = load_model_of(args)
     calibration = CalibrationParams.load(args.calibration) if args.calibration else None
     return model, calibration
 

@@ -38,8 +38,8 @@ from inference_server.ml.common import (
     add_model_arguments,
     check_output_file,
     cli_error,
+    load_model_of,
     model_path_of,
-    model_version_of,
     read_json,
     write_json_atomic,
 )
@@ -249,7 +249,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # CALIBRATION_PARAMS_PATH, so the evaluation Job records the served version and confidences;
     # --version stays as the older spelling of --model-version.
     add_model_arguments(parser, version_aliases=("--version",))
-    parser.add_argument("--model-sha256", default=None, help="refuse the model unless it has this sha256")
     add_data_dir_argument(parser)
     parser.add_argument("--dataset", default="rotten_tomatoes")
     parser.add_argument("--split", default="test")
@@ -269,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from inference_server.runtime.calibration import CalibrationError, CalibrationParams
-    from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
+    from inference_server.runtime.model import ArtifactError, ModelLoadError
 
     if args.batch_size < 1:
         return cli_error("evaluate", "--batch-size must be at least 1")
@@ -279,12 +278,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.job_result, "--job-result")
         examples, ref = load_dataset_split(args.data_dir or default_data_root(), args.dataset, args.split)
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
-        m = load_model(
-            model_path,
-            version=model_version_of(args),
-            quantized=args.quantized,
-            expected_sha256=args.model_sha256,
-        )
+        m = load_model_of(args, model_path, quantized=args.quantized)
         doc = evaluate(
             m,
             examples,

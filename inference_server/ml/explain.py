@@ -31,7 +31,7 @@ from inference_server.ml.common import (
     MLInputError,
     add_model_arguments,
     cli_error,
-    model_version_of,
+    load_model_of,
     write_json_atomic,
 )
 from inference_server.runtime.saliency import MAX_STEPS
@@ -364,7 +364,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
+    from inference_server.runtime.model import ArtifactError, ModelLoadError
 
     if args.model is None:
         return cli_error("explain", f"give --model or set {Env.MODEL_PATH}")
@@ -375,9 +375,7 @@ def run(args: argparse.Namespace) -> int:
         return cli_error("explain", PNG_MISSING)
     try:
         inputs = read_texts(args.text, args.input)
-        model = load_model(
-            args.model, version=model_version_of(args), max_tokens=max_tokens_setting(os.environ)
-        )
+        model = load_model_of(args, max_tokens=max_tokens_setting(os.environ))
         if args.target_label is not None and args.target_label not in model.labels:
             raise MLInputError(f"--target-label {args.target_label!r} is not one of {list(model.labels)}")
         check_lengths(model, inputs)

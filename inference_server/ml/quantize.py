@@ -31,8 +31,8 @@ from inference_server.ml.common import (
     add_model_arguments,
     check_output_file,
     cli_error,
+    load_model_of,
     model_path_of,
-    model_version_of,
     write_json_atomic,
 )
 from inference_server.ml.datasets import default_data_root
@@ -326,7 +326,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inference_server.ml.evaluate import label_indices, load_dataset_split
-    from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
+    from inference_server.runtime.model import ArtifactError, ModelLoadError
     from inference_server.runtime.threads import configure_torch_threads
 
     if args.single < 1 or args.batch_size < 1 or args.limit < 0:
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
             examples = examples[: args.limit]
         if not examples:
             raise MLInputError(f"{ref.name}/{ref.split} is empty")
-        m = load_model(model_path, version=model_version_of(args))
+        m = load_model_of(args, model_path)
         y = label_indices(m.labels, examples)
         doc = run_experiment(
             m,

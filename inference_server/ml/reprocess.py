@@ -48,7 +48,7 @@ from inference_server.ml.common import (
     MLInputError,
     add_model_arguments,
     cli_error,
-    model_version_of,
+    load_model_of,
 )
 from inference_server.runtime.atomic import write_bytes_atomic
 
@@ -742,7 +742,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from inference_server.runtime.calibration import CalibrationError, CalibrationParams
-    from inference_server.runtime.model import ArtifactError, ModelLoadError, load_model
+    from inference_server.runtime.model import ArtifactError, ModelLoadError
 
     try:
         shard, shards = resolve_shard(args.shard, args.shards, os.environ)
@@ -751,7 +751,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             raise ReprocessError(f"give --model or set {Env.MODEL_PATH}")
         source = _source(args)
-        model = load_model(args.model, version=model_version_of(args))
+        model = load_model_of(args)
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
         sink = _sink(args, shard, shards)
         identity = run_identity(source, shard, shards, model, Path(args.model), args.calibration)

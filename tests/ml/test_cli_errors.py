@@ -73,3 +73,85 @@ def test_calibrate_output_that_is_a_directory_is_refused_before_the_fit(
     assert "--report" in capsys.readouterr().err and not (tmp_path / "cal.json").exists()
     assert cli([*common, "--output", str(tmp_path / "cal.json")]) == 0
     assert json.loads((tmp_path / "cal.json").read_text())["temperature"] > 0
+
+
+def _model_commands(tmp_path: Path, model: Path, data_root: Path, dataset: str) -> dict[str, list[str]]:
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"id": i, "text": "great film"}) + "\n" for i in range(3)))
+    on_data = ["--model", str(model), "--data-dir", str(data_root), "--dataset", dataset]
+    return {
+        "evaluate": ["evaluate", *on_data, "--split", "test"],
+        "calibrate": ["calibrate", *on_data, "--output", str(tmp_path / "cal.json")],
+        "quantize": ["quantize", *on_data, "--output", str(tmp_path / "q.json")],
+        "bias-audit": ["bias-audit", "--model", str(model)],
+        "explain": [
+            "explain",
+            "--model",
+            str(model),
+            "--text",
+            "great film",
+            "--output",
+            str(tmp_path / "x.html"),
+        ],
+        "drift": [
+            "drift",
+            "--model",
+            str(model),
+            "--reference-dataset",
+            str(texts),
+            "--current-dataset",
+            str(texts),
+        ],
+        "reprocess": [
+            "reprocess",
+            "--model",
+            str(model),
+            "--input",
+            str(texts),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "command", ["evaluate", "calibrate", "quantize", "bias-audit", "explain", "drift", "reprocess"]
+)
+def test_every_job_refuses_a_model_that_is_not_the_declared_artifact(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_data_root: Path,
+    tiny_dataset: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    # Only evaluate took --model-sha256, and no job read $MODEL_SHA256: a Job in the server image scored
+    # whatever sat at MODEL_PATH, even where the pods would have refused to serve it.
+    monkeypatch.setenv("MODEL_SHA256", "0" * 64)
+    argv = _model_commands(tmp_path, tiny_model_dir, tiny_data_root, tiny_dataset)[command]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "sha256" in err and "Traceback" not in err and err.strip().count("\n") <= 1
+
+
+def test_a_job_given_the_right_artifact_sha256_runs(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference_server.runtime.artifact import sha256_of_artifact
+
+    monkeypatch.setenv("MODEL_SHA256", sha256_of_artifact(tiny_model_dir))
+    assert (
+        cli(
+            [
+                "explain",
+                "--model",
+                str(tiny_model_dir),
+                "--text",
+                "great",
+                "--output",
+                str(tmp_path / "x.html"),
+            ]
+        )
+        == 0
+    )
