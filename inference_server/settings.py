@@ -74,7 +74,10 @@ class ServerSettings(BaseSettings):
     model_sha256: str | None = Field(None, validation_alias=_env(Env.MODEL_SHA256))
     max_tokens: int = Field(256, ge=8, le=8192, validation_alias=_env(Env.MAX_TOKENS))
     enable_batch: bool = Field(False, validation_alias=_env(Env.ENABLE_BATCH))
-    drift_threshold: float = Field(DRIFT_THRESHOLD_DEFAULT, gt=0, validation_alias=_env(Env.DRIFT_THRESHOLD))
+    # The drift job's and the CRD's bounds (finite, positive, at most 100), so no value passes here only.
+    drift_threshold: float = Field(
+        DRIFT_THRESHOLD_DEFAULT, gt=0, le=100, validation_alias=_env(Env.DRIFT_THRESHOLD)
+    )
     calibration_params_path: Path | None = Field(None, validation_alias=_env(Env.CALIBRATION_PARAMS_PATH))
     enable_ab_routing: bool = Field(False, validation_alias=_env(Env.ENABLE_AB_ROUTING))
     enable_quantized_model: bool = Field(False, validation_alias=_env(Env.ENABLE_QUANTIZED_MODEL))

@@ -252,6 +252,21 @@ def test_model_defaults_and_bounds_are_what_the_server_and_the_drift_job_take() 
         if "Le" in bounds:
             assert inference[crd_field]["maximum"] <= bounds["Le"].le, crd_field
     assert spec["drift"]["threshold"] == DRIFT_THRESHOLD_DEFAULT == fields["drift_threshold"].default
+    drift = _node("SentimentModel", "spec")["properties"]["drift"]["properties"]["threshold"]
+    bounds = {type(m).__name__: m for m in fields["drift_threshold"].metadata}
+    assert drift["minimum"] == bounds["Gt"].gt and drift["exclusiveMinimum"] is True  # OpenAPI v3.0 form
+    assert drift["maximum"] == bounds["Le"].le
+    # Rate limits: the server takes any rate >= 0 (0 turns a limit off); the CRD took whole numbers >= 1,
+    # so a limit could be neither turned off nor set to 0.5/s.
+    limits = inference["rateLimit"]["properties"]
+    for crd_field, setting in (
+        ("inferPerSecond", "rate_limit_infer_per_second"),
+        ("batchPerSecond", "rate_limit_batch_per_second"),
+        ("explainPerSecond", "rate_limit_explain_per_second"),
+    ):
+        bounds = {type(m).__name__: m for m in fields[setting].metadata}
+        assert limits[crd_field]["type"] == "number", crd_field
+        assert limits[crd_field]["minimum"] == bounds["Ge"].ge == 0, crd_field
 
 
 def test_status_schema_is_closed() -> None:

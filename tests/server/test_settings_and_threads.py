@@ -29,6 +29,8 @@ def test_defaults_and_contract_names(tmp_path: Path) -> None:
         ({"PORT": "70000"}, "PORT"),
         ({"CALIBRATION_PARAMS_PATH": "/nonexistent/params.json"}, "CALIBRATION_PARAMS_PATH"),
         ({"enable_explainability": "sometimes"}, "enable_explainability"),
+        ({"DRIFT_THRESHOLD": "inf"}, "DRIFT_THRESHOLD"),  # the drift job and the CRD refuse it too
+        ({"DRIFT_THRESHOLD": "101"}, "DRIFT_THRESHOLD"),
     ],
 )
 def test_invalid_configuration_names_the_variable(tmp_path: Path, env: dict[str, str], named: str) -> None:
