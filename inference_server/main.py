@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -59,6 +60,25 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port, checked before the model loads: uvicorn finds out
+    only after loading it, logs the OSError as JSON and exits 3, which no one documents. Bound the way
+    uvicorn binds (SO_REUSEADDR), then released; a race with another process remains possible."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        return f"cannot resolve it: {exc.strerror}"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # libgomp's idle threads spin by default; when anything else wants the pod's cores a 2-thread
     # forward pass then stalls (measured: 490 ms instead of 24 ms for one sentence with a trainer
@@ -73,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"sentiment-server: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    if problem := port_taken(settings.host, settings.port):
+        print(
+            f"sentiment-server: HOST {settings.host} PORT {settings.port} cannot be bound ({problem}); stop "
+            "whatever listens there or set PORT to a free port",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
 
     from inference_server.app import create_app

@@ -104,6 +104,12 @@ def load_model(
     root = Path(path)
     if not root.is_dir():
         raise ModelLoadError(f"model directory not found: {root}")
+    if not (root / "config.json").is_file():
+        # transformers would say this in five lines about tokenizers and sentencepiece, seconds later.
+        raise ModelLoadError(
+            f"{root} has no config.json: it is not a Hugging Face model directory (what save_pretrained "
+            "writes); point MODEL_PATH at one"
+        )
     sha = verify_artifact(root, expected_sha256) if expected_sha256 else None
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

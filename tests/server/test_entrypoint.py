@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from inference_server import contract as c
-from inference_server.main import EXIT_REFUSED, main
+from inference_server.main import EXIT_CONFIG, EXIT_REFUSED, main
 
 from .conftest import READY_TIMEOUT_S
 
@@ -90,3 +90,23 @@ def test_serves_on_host_and_port_and_exits_0_on_sigterm(tiny_model_dir: Path, tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_before_the_model_loads(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # uvicorn found out only after the model had loaded, logged the OSError as JSON and exited 3.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for name, value in {
+            "MODEL_PATH": str(tiny_model_dir),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "FEEDBACK_DB_PATH": str(tmp_path / "fb.sqlite3"),
+        }.items():
+            monkeypatch.setenv(name, value)
+        assert main([]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"PORT {port} cannot be bound" in err and err.count("\n") == 1

@@ -160,3 +160,17 @@ def test_a_model_whose_tokenizer_states_no_limit_serves_within_its_positions(
     assert m.max_tokens == positions
     ids = encode_ids(m, [" ".join(["great"] * (positions - 2))])
     assert len(ids[0]) == m.max_tokens and forward_ids(m, ids).shape == (1, 2)
+
+
+def test_a_directory_without_config_json_is_one_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # transformers' own message spoke of tokenizers and sentencepiece, in five lines.
+    from inference_server.runtime.model import ModelLoadError
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelLoadError, match=r"has no config\.json: it is not a Hugging Face model"):
+        load_model(tmp_path, version="t")
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        load_model(copy, version="t")
