@@ -24,6 +24,8 @@ help: ## list the targets
 
 $(VENV_STAMP): pyproject.toml
 	@echo "==> project virtualenv $(VENV) (torch is large: the first install takes minutes, pip's cache makes later ones fast)"
+	@test -x $(PY) || command -v $(PYTHON_BIN) >/dev/null || { \
+	  echo "make: $(PYTHON_BIN) not found: install Python 3.11, or pass PYTHON_BIN=/path/to/python3.11" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
 	$(PIP) install --progress-bar on --upgrade pip wheel
 	$(PIP) install --progress-bar on -e '.[server,operator,dev]'
@@ -59,7 +61,7 @@ model: $(VENV_STAMP) ## build or reuse the default model; prints its directory l
 demo: $(VENV_STAMP) ## the main job: serve the default model and answer sample requests
 	$(PY) -m inference_server.demo
 
-bench-server: $(VENV_STAMP) ## server benchmark -> docs/reports/server-benchmark.md
+bench-server: model ## server benchmark of the default model -> docs/reports/server-benchmark.md
 	$(PY) -m inference_server.bench.server_bench --report docs/reports/server-benchmark.md
 
 clean: ## remove the virtualenv and build outputs (caches in $(CACHE) stay)
