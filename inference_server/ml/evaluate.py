@@ -51,6 +51,7 @@ from inference_server.ml.datasets import (
     load_manifest,
     manifest_dataset_sha256,
     read_split_bytes,
+    sha256_bytes,
 )
 
 if TYPE_CHECKING:
@@ -89,6 +90,33 @@ def load_dataset_split(root: Path, name: str, split: str) -> tuple[list[Example]
     data, info = read_split_bytes(root, name, split, manifest)
     examples = decode_jsonl(data, str(root / name / f"{split}.jsonl"))
     return examples, DatasetRef(name, split, str(info["sha256"]), dataset_sha, len(examples))
+
+
+def load_dataset_file(
+    path: Path, *, expected_sha256: str | None = None, name: str | None = None
+) -> tuple[list[Example], DatasetRef]:
+    """An evaluation set given as one JSONL file of {id, text, label} lines — what a SentimentModel's
+    spec.evaluation.dataset points at, with the sha256 it declares — rather than a built dataset's
+    split. The file's own hash stands for both the split's and the dataset's in metrics.json."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MLInputError(f"--dataset-file {path} not found") from None
+    except OSError as exc:
+        raise MLInputError(f"cannot read --dataset-file {path}: {exc.strerror or exc}") from None
+    actual = sha256_bytes(data)
+    if expected_sha256 and actual != expected_sha256.strip().lower():
+        raise MLInputError(
+            f"--dataset-file {path} has sha256 {actual} but --dataset-sha256 is {expected_sha256}: the file "
+            "is not the declared evaluation set (changed, or the hash is wrong)"
+        )
+    try:
+        examples = decode_jsonl(data, str(path))
+    except UnicodeDecodeError as exc:
+        raise MLInputError(f"--dataset-file {path} is not UTF-8 text ({exc})") from None
+    if not examples:
+        raise MLInputError(f"--dataset-file {path} holds no examples")
+    return examples, DatasetRef(name or path.stem, "file", actual, actual, len(examples))
 
 
 def label_indices(model_labels: Sequence[str], examples: Sequence[Example]) -> npt.NDArray[np.int64]:
@@ -250,8 +278,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # --version stays as the older spelling of --model-version.
     add_model_arguments(parser, version_aliases=("--version",))
     add_data_dir_argument(parser)
-    parser.add_argument("--dataset", default="rotten_tomatoes")
+    parser.add_argument("--dataset", default="rotten_tomatoes", help="a built dataset (`datasets`)")
     parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--dataset-file",
+        type=Path,
+        default=None,
+        help="evaluate on this JSONL file of {id, text, label} lines instead of --dataset/--split",
+    )
+    parser.add_argument(
+        "--dataset-sha256", default=None, help="with --dataset-file: refuse it unless it has this sha256"
+    )
+    parser.add_argument("--dataset-name", default=None, help="with --dataset-file: its name (default: stem)")
     parser.add_argument("--quantized", action="store_true", help="evaluate the dynamic INT8 copy")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--output", type=Path, default=None, help="write metrics.json here (default: stdout)")
@@ -276,7 +314,14 @@ def run(args: argparse.Namespace) -> int:
         model_path = model_path_of(args)
         check_output_file(args.output, "--output")
         check_output_file(args.job_result, "--job-result")
-        examples, ref = load_dataset_split(args.data_dir or default_data_root(), args.dataset, args.split)
+        if args.dataset_file is not None:
+            examples, ref = load_dataset_file(
+                args.dataset_file, expected_sha256=args.dataset_sha256, name=args.dataset_name
+            )
+        elif args.dataset_sha256 or args.dataset_name:
+            raise MLInputError("--dataset-sha256 and --dataset-name go with --dataset-file")
+        else:
+            examples, ref = load_dataset_split(args.data_dir or default_data_root(), args.dataset, args.split)
         calibration = CalibrationParams.load(args.calibration) if args.calibration else None
         m = load_model_of(args, model_path, quantized=args.quantized)
         doc = evaluate(

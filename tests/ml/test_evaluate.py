@@ -153,3 +153,42 @@ def test_nan_logits_are_a_one_line_input_error(
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("sentiment-ml evaluate: error: the model produced NaN/inf logits for 75 of 75")
     assert "Traceback" not in captured.err
+
+
+def test_an_evaluation_set_given_as_one_file_with_its_declared_sha256(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_data_root: Path,
+    tiny_dataset: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A SentimentModel declares its evaluation set as one JSONL file and its sha256; evaluate took only a
+    # built dataset's split, so the operator's evaluation Job had nothing to pass it.
+    import hashlib
+
+    split = tiny_data_root / tiny_dataset / "test.jsonl"
+    held = tmp_path / "held-out.jsonl"
+    held.write_bytes(split.read_bytes())
+    sha = hashlib.sha256(held.read_bytes()).hexdigest()
+    out = tmp_path / "metrics.json"
+    base = ["--model", str(tiny_model_dir), "--dataset-file", str(held)]
+    assert (
+        _run(*base, "--dataset-sha256", sha.upper(), "--dataset-name", "rt-held-out", "--output", str(out))
+        == 0
+    )
+    doc = evaluate.load_metrics(out)
+    assert doc["dataset"] == {
+        "name": "rt-held-out",
+        "split": "file",
+        "rows": 75,
+        "sha256": sha,
+        "dataset_sha256": sha,
+    }
+    assert doc["macro_f1"] > 0.9
+    capsys.readouterr()
+    assert _run(*base, "--dataset-sha256", "0" * 64) == 2
+    assert "is not the declared evaluation set" in capsys.readouterr().err
+    assert _run("--model", str(tiny_model_dir), "--dataset-sha256", sha) == 2
+    assert "go with --dataset-file" in capsys.readouterr().err
+    assert _run("--model", str(tiny_model_dir), "--dataset-file", str(tmp_path / "missing.jsonl")) == 2
+    assert "not found" in capsys.readouterr().err
