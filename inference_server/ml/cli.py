@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from inference_server.ml.common import cli_error
@@ -54,9 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # Last line of defence for a file the command did not validate (an output path that is a
         # directory, a full disk, a permission): the environment is at fault, not the code, so it is
-        # a one-line input error. Anything else (KeyError, TypeError, …) is a bug and keeps its
-        # traceback; commands validate their inputs instead of relying on a catch-all here.
+        # a one-line input error.
         return cli_error(args.command, _os_error_text(exc))
+    except Exception:
+        # Anything else (KeyError, TypeError, …) is a bug: its traceback stays for the report, but the
+        # exit code is 2, "nothing decided". Left to the interpreter it would exit 1, which a Job reads
+        # as a verdict (gate failed, drift); commands validate their inputs instead of relying on this.
+        traceback.print_exc()
+        return cli_error(args.command, "internal error (traceback above); no verdict was reached")
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -31,11 +31,16 @@ def test_an_unexpected_os_error_is_one_line_and_exit_2(
     assert capsys.readouterr().err == "sentiment-ml compare: error: /srv/decision.json: Permission denied\n"
 
 
-def test_a_programming_error_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Only the environment's failures are turned into messages; a bug must stay visible.
+def test_a_programming_error_keeps_its_traceback_and_is_never_a_verdict(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A bug stays visible (its traceback), but exits 2, "nothing decided": left to the interpreter it
+    # exited 1, which a Job reads as "gate failed".
     monkeypatch.setattr(compare, "run", _raise(KeyError("macro_f1")))
-    with pytest.raises(KeyError):
-        cli(["compare", "--candidate", "c.json", "--baseline", "b.json"])
+    assert cli(["compare", "--candidate", "c.json", "--baseline", "b.json"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'macro_f1'" in err
+    assert err.rstrip().endswith("internal error (traceback above); no verdict was reached")
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
