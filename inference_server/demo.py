@@ -3,20 +3,33 @@ requests over real HTTP, then stop the server cleanly.
 
 It runs the real entry point (`python -m inference_server.main`, what `sentiment-server` runs) as a
 child process on a free loopback port, so what you see is what a pod serves.
+
+Stopping: Ctrl-C, SIGTERM and SIGHUP (a `timeout`, a CI cancel, `kill`, a closed terminal) all take the
+same orderly path: the server is sent SIGTERM and drains (killed if it has not exited within
+`STOP_TIMEOUT_S`), the temporary directory is removed, and the demo prints one line and exits 130. The
+server runs in its own session, so a Ctrl-C reaches only the demo, which stops it once; on Linux it is
+also tied to the demo's life (PR_SET_PDEATHSIG), so even a SIGKILL of the demo leaves no server behind.
+
+`main(model=DIR)` serves the model directory DIR instead of choosing one (the tests use the tiny model).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -26,6 +39,20 @@ SAMPLES = (
     "What a terrible, boring waste of time.",
     "The food was good but the service was awful.",
 )
+# How long the demo waits for the server's own drain (bounded by its SHUTDOWN_GRACE_SECONDS, 20 s by
+# default) before it kills it.
+STOP_TIMEOUT_S = 60.0
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
+INTERRUPTED = "demo: interrupted; server stopped"
+# What the "run it yourself" block points to in README.md.
+README_SECTIONS = (
+    '"Inference server" (endpoints, configuration, input policy, shutdown)',
+    '"The default model and the ML pipeline" (`make model`, `sentiment-ml`)',
+    '"Local control plane" (`make cluster-up`)',
+)
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def cache_dir() -> Path:
@@ -98,7 +125,10 @@ def wait_ready(
 
 def show(title: str, response: httpx.Response) -> Any:
     body = response.json()
-    print(f"\n--> {title}\n    HTTP {response.status_code}  {json.dumps(body, ensure_ascii=False)[:400]}")
+    print(
+        f"\n--> {title}\n    HTTP {response.status_code}  {json.dumps(body, ensure_ascii=False)[:400]}",
+        flush=True,
+    )
     return body
 
 
@@ -133,40 +163,161 @@ def run_requests(client: httpx.Client, labels: list[str]) -> None:
     for line in metrics.splitlines():
         if line.startswith(wanted):
             print("    " + line)
+    sys.stdout.flush()
 
 
-def main() -> int:
-    directory, kind = model_dir()
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="sentiment-demo-") as tmp:
-        env = {
-            **os.environ,
-            "MODEL_PATH": str(directory),
-            "MODEL_VERSION": f"{kind}-demo",
-            "ENABLE_BATCH": "true",
-            "enable_explainability": "true",
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "FEEDBACK_DB_PATH": str(Path(tmp) / "feedback.sqlite3"),
-            "LOG_LEVEL": "WARNING",
-            **model_env(directory),
-        }
-        print(f"==> serving the {kind} model {directory} on http://127.0.0.1:{port}", flush=True)
-        proc = subprocess.Popen([sys.executable, "-m", "inference_server.main"], env=env)
+def _server_command() -> str:
+    """`sentiment-server` as this virtualenv installs it: `.venv/bin/sentiment-server` from the repository."""
+    script = Path(sys.executable).parent / "sentiment-server"
+    if not script.is_file():
+        return "sentiment-server"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
+def next_steps(serve_env: dict[str, str], kind: str) -> str:
+    """The "run it yourself" block: the same model and features as the demo, on the default port."""
+    variables = " ".join(f"{name}={shlex.quote(value)}" for name, value in serve_env.items())
+    lines = [
+        "\n==> next: run the server yourself (port 8080; Ctrl-C or SIGTERM drains and stops it)",
+        f"    {variables} {_server_command()}",
+        "    curl -s localhost:8080/infer -H 'content-type: application/json' "
+        """-d '{"text": "a gorgeous, witty film"}'""",
+        "    http://localhost:8080/docs  (OpenAPI: every endpoint, with a form to try it)",
+    ]
+    if kind == "tiny":
+        lines.append("    (this is the tiny test model: `make model` builds the default one)")
+    lines.append("    README.md: " + "; ".join(README_SECTIONS))
+    return "\n".join(lines)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send the child SIGTERM when the demo dies, even by SIGKILL, so
+    the server drains and exits instead of being re-parented and left listening. Linux only: elsewhere
+    None (no such guarantee)."""
+    libc = _LIBC
+    if libc is None:
+        return None
+
+    def preexec() -> None:  # in the child, between fork and exec
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the demo died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class _Interrupts:
+    """SIGINT, SIGTERM and SIGHUP stop the demo in order: the first raises KeyboardInterrupt (unless the
+    demo is already stopping the server: it then just carries on), a second one skips waiting for the
+    server's drain (`hurry`). Once stopping, no signal can cut the clean-up short."""
+
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+    )
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.stopping = False
+
+    @property
+    def hurry(self) -> bool:
+        return self.received > 1
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received += 1
+        if not self.stopping:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Install the handlers (main thread only: signals are delivered there), then restore the
+        previous ones. A signal ignored when the demo started (`nohup`, a background job) stays ignored."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-                ready = wait_ready(client, proc)
-                print(f"==> ready: {json.dumps(ready)}")
-                run_requests(client, list(ready["labels"]))
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    previous[sig] = signal.signal(sig, self.handle)
+            yield
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def stop_server(proc: subprocess.Popen[bytes], interrupts: _Interrupts) -> None:
+    """SIGTERM, wait up to STOP_TIMEOUT_S for the drain (less on a second signal), then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline and not interrupts.hurry:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.2)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def main(model: Path | None = None) -> int:
+    """Serve `model` (default: the default model, else the tiny one) and answer the sample requests.
+    0 when the server stopped cleanly, 1 when it did not, 130 when interrupted (Ctrl-C, SIGTERM, SIGHUP)."""
+    interrupts = _Interrupts()
+    proc: subprocess.Popen[bytes] | None = None
+    with interrupts.installed():
+        try:
+            directory, kind = (model, "given") if model is not None else model_dir()
+            port = free_port()
+            serve_env = {
+                "MODEL_PATH": str(directory),
+                **model_env(directory),
+                "ENABLE_BATCH": "true",
+                "enable_explainability": "true",
+            }
+            with tempfile.TemporaryDirectory(prefix="sentiment-demo-") as tmp:
+                env = {
+                    **os.environ,
+                    **serve_env,
+                    "MODEL_VERSION": f"{kind}-demo",
+                    "HOST": "127.0.0.1",
+                    "PORT": str(port),
+                    "FEEDBACK_DB_PATH": str(Path(tmp) / "feedback.sqlite3"),
+                    "LOG_LEVEL": "WARNING",
+                }
                 try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    print(f"\n==> server stopped (exit code {proc.returncode})")
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "inference_server.main"],
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,  # a Ctrl-C reaches the demo only; it stops the server once
+                        preexec_fn=_die_with_parent(os.getpid()),
+                    )
+                    print(
+                        f"==> serving the {kind} model {directory} on http://127.0.0.1:{port} "
+                        f"(server pid {proc.pid})",
+                        flush=True,
+                    )
+                    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                        ready = wait_ready(client, proc)
+                        print(f"==> ready: {json.dumps(ready)}", flush=True)
+                        run_requests(client, list(ready["labels"]))
+                    print(next_steps(serve_env, kind), flush=True)
+                finally:
+                    interrupts.stopping = True  # from here on a signal cannot cut the clean-up short
+                    if proc is not None:
+                        stop_server(proc, interrupts)
+        except KeyboardInterrupt:
+            interrupts.stopping = True
+            if proc is None:
+                print("demo: interrupted before the server started", file=sys.stderr, flush=True)
+                return EXIT_INTERRUPTED
+    assert proc is not None
+    if interrupts.received:  # during the requests, or while the server was being stopped anyway
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    print(f"\n==> server stopped (exit code {proc.returncode})", flush=True)
     return 0 if proc.returncode == 0 else 1
 
 
