@@ -526,11 +526,13 @@ def test_job_completion_index_without_job_completions_is_refused(
     assert not out.exists()
 
 
-def _run_jsonl(src: Path, out: Path, *, shards: int = 1, shard: int = 0, chunk: int = 4) -> RP.Stats:
+def _run_jsonl(
+    src: Path, out: Path, *, shards: int = 1, shard: int = 0, chunk: int = 4, scorer: RP.Scorer = fake_scorer
+) -> RP.Stats:
     return RP.reprocess(
         RP.JsonlSource(src),
         RP.JsonlSink(out, shard, shards),
-        fake_scorer,
+        scorer,
         shard=shard,
         shards=shards,
         identity=IDENTITY,
@@ -636,15 +638,7 @@ def test_a_checkpoint_from_before_the_fingerprint_resumes_and_so_does_the_next_o
         return fake_scorer(records)
 
     def run() -> None:
-        RP.reprocess(
-            RP.JsonlSource(src),
-            RP.JsonlSink(out, 0, 1),
-            dying,
-            shard=0,
-            shards=1,
-            identity=IDENTITY,
-            chunk_size=3,
-        )
+        _run_jsonl(src, out, chunk=3, scorer=dying)
 
     with pytest.raises(RuntimeError):
         run()
