@@ -69,6 +69,9 @@ class Env(StrEnum):
 # run is a breach: DRIFT_THRESHOLD's default for the drift job, the server's settings and the CRD's
 # spec.drift.threshold alike. Why 0.15: inference_server/ml/drift.py and docs/reports/drift.md.
 DRIFT_THRESHOLD_DEFAULT: Final = 0.15
+# Its upper bound, for the job, the server's settings and the CRD alike: PSI beyond it means two
+# unrelated windows anyway.
+DRIFT_THRESHOLD_MAX: Final = 100.0
 
 
 # --- Prometheus metrics -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from inference_server.contract import DRIFT_THRESHOLD_DEFAULT, HTTP_PORT, Env
+from inference_server.contract import DRIFT_THRESHOLD_DEFAULT, DRIFT_THRESHOLD_MAX, HTTP_PORT, Env
 from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND, Int8Backend, normalise_int8_backend
 
 
@@ -74,9 +74,9 @@ class ServerSettings(BaseSettings):
     model_sha256: str | None = Field(None, validation_alias=_env(Env.MODEL_SHA256))
     max_tokens: int = Field(256, ge=8, le=8192, validation_alias=_env(Env.MAX_TOKENS))
     enable_batch: bool = Field(False, validation_alias=_env(Env.ENABLE_BATCH))
-    # The drift job's and the CRD's bounds (finite, positive, at most 100), so no value passes here only.
+    # The drift job's and the CRD's bounds (positive, at most 100), so no value passes here only.
     drift_threshold: float = Field(
-        DRIFT_THRESHOLD_DEFAULT, gt=0, le=100, validation_alias=_env(Env.DRIFT_THRESHOLD)
+        DRIFT_THRESHOLD_DEFAULT, gt=0, le=DRIFT_THRESHOLD_MAX, validation_alias=_env(Env.DRIFT_THRESHOLD)
     )
     calibration_params_path: Path | None = Field(None, validation_alias=_env(Env.CALIBRATION_PARAMS_PATH))
     enable_ab_routing: bool = Field(False, validation_alias=_env(Env.ENABLE_AB_ROUTING))

@@ -118,9 +118,9 @@ def add_model_arguments(
     )
     parser.add_argument(
         "--model-sha256",
-        default=os.environ.get(Env.MODEL_SHA256) or None,
+        default=None,
         help=f"refuse the model unless its artifact has this sha256, as the server does (default: "
-        f"${Env.MODEL_SHA256})",
+        f"${Env.MODEL_SHA256} when --model is ${Env.MODEL_PATH})",
     )
     if calibration:
         parser.add_argument(
@@ -137,12 +137,21 @@ def load_model_of(args: argparse.Namespace, path: Path | str | None = None, **op
     one is given (a Job in the server image then checks the same artifact the pods serve)."""
     from inference_server.runtime.model import load_model
 
+    model = Path(path if path is not None else args.model)
     return load_model(
-        path if path is not None else args.model,
-        version=model_version_of(args),
-        expected_sha256=args.model_sha256,
-        **options,
+        model, version=model_version_of(args), expected_sha256=expected_sha256(args, model), **options
     )
+
+
+def expected_sha256(args: argparse.Namespace, model: Path) -> str | None:
+    """--model-sha256, else $MODEL_SHA256 when the model is the image's $MODEL_PATH: the pod's hash
+    belongs to the pod's model, not to a candidate the same image is asked to evaluate."""
+    if args.model_sha256:
+        return str(args.model_sha256)
+    served = os.environ.get(Env.MODEL_PATH)
+    if served and Path(served).resolve() == model.resolve():
+        return os.environ.get(Env.MODEL_SHA256) or None
+    return None
 
 
 def model_path_of(args: argparse.Namespace) -> Path:

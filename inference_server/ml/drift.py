@@ -34,6 +34,7 @@ import numpy.typing as npt
 from inference_server.contract import (
     CONFIDENCE_BUCKETS,
     DRIFT_THRESHOLD_DEFAULT,
+    DRIFT_THRESHOLD_MAX,
     LABEL_LABEL,
     LABEL_MODEL_VERSION,
     METRIC_CONFIDENCE,
@@ -605,8 +606,10 @@ def resolve_threshold(flag: float | None, env: Mapping[str, str]) -> float:
             raise DriftInputError(f"{where} is not a number (e.g. {DEFAULT_THRESHOLD})") from None
     else:
         return DEFAULT_THRESHOLD
-    if not (math.isfinite(value) and value > 0):
-        raise DriftInputError(f"{where} must be a finite positive number, got {value}")
+    if not (math.isfinite(value) and 0 < value <= DRIFT_THRESHOLD_MAX):
+        raise DriftInputError(
+            f"{where} must be a positive number of at most {DRIFT_THRESHOLD_MAX:g}, got {value}"
+        )
     return value
 
 

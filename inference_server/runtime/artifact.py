@@ -54,7 +54,9 @@ def sha256_of_artifact(path: Path | str) -> str:
 def verify_artifact(path: Path | str, expected_sha256: str) -> str:
     """Return the artifact's sha256, or raise ArtifactError when it is not the expected one."""
     actual = sha256_of_artifact(path)
-    if actual != expected_sha256.strip().lower():
+    # The spelling the server's settings accept (MODEL_SHA256=sha256:AB…), so that a Job given the
+    # pod's own value checks the same artifact instead of refusing it.
+    if actual != expected_sha256.strip().lower().removeprefix("sha256:"):
         raise ArtifactError(
             f"artifact {path} has sha256 {actual}, expected {expected_sha256}: refusing to serve it"
         )

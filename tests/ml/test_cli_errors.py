@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,7 @@ def test_every_job_refuses_a_model_that_is_not_the_declared_artifact(
 ) -> None:
     # Only evaluate took --model-sha256, and no job read $MODEL_SHA256: a Job in the server image scored
     # whatever sat at MODEL_PATH, even where the pods would have refused to serve it.
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))  # the image's model, and the pod's hash for it
     monkeypatch.setenv("MODEL_SHA256", "0" * 64)
     argv = _model_commands(tmp_path, tiny_model_dir, tiny_data_root, tiny_dataset)[command]
     assert cli(argv) == 2
@@ -145,18 +147,14 @@ def test_a_job_given_the_right_artifact_sha256_runs(
 ) -> None:
     from inference_server.runtime.artifact import sha256_of_artifact
 
-    monkeypatch.setenv("MODEL_SHA256", sha256_of_artifact(tiny_model_dir))
-    assert (
-        cli(
-            [
-                "explain",
-                "--model",
-                str(tiny_model_dir),
-                "--text",
-                "great",
-                "--output",
-                str(tmp_path / "x.html"),
-            ]
-        )
-        == 0
-    )
+    # Spelt as the server's settings accept it; and $MODEL_SHA256 belongs to $MODEL_PATH only: a candidate
+    # evaluated in the same image is not held to the served model's hash.
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
+    monkeypatch.setenv("MODEL_SHA256", "sha256:" + sha256_of_artifact(tiny_model_dir).upper())
+    explain = ["explain", "--text", "great", "--output", str(tmp_path / "x.html")]
+    assert cli([*explain, "--model", str(tiny_model_dir)]) == 0
+    candidate = tmp_path / "candidate"
+    shutil.copytree(tiny_model_dir, candidate)
+    (candidate / "README.md").write_text("another artifact")
+    assert cli([*explain, "--model", str(candidate)]) == 0
+    assert cli([*explain, "--model", str(candidate), "--model-sha256", "0" * 64]) == 2

@@ -467,7 +467,7 @@ def test_a_bad_drift_threshold_env_breaks_only_drift(
     assert cli(["drift", "--reference-predictions", str(ref), "--current-predictions", str(ref)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sentiment-ml drift: error: DRIFT_THRESHOLD='abc'") and err.count("\n") == 1
-    for bad in ("nan", "inf", "-1"):
+    for bad in ("nan", "inf", "-1", "101"):  # 101: above the CRD's and the server's bound too
         monkeypatch.setenv(contract.Env.DRIFT_THRESHOLD, bad)
         assert cli(["drift", "--reference-predictions", str(ref), "--current-predictions", str(ref)]) == 2
     monkeypatch.setenv(contract.Env.DRIFT_THRESHOLD, "0.5")
