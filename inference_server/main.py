@@ -12,6 +12,7 @@ unloadable) exits 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import socket
@@ -62,20 +63,24 @@ def exit_now(code: int) -> NoReturn:
 
 def port_taken(host: str, port: int) -> str | None:
     """Why the server could not listen on host:port, checked before the model loads: uvicorn finds out
-    only after loading it, logs the OSError as JSON and exits 3, which no one documents. Bound the way
-    uvicorn binds (SO_REUSEADDR), then released; a race with another process remains possible."""
+    only after loading it, logs the OSError as JSON and exits 3, which no one documents. Every address
+    the host resolves to is bound as uvicorn binds it (SO_REUSEADDR, IPv6 sockets IPv6-only), then
+    released; a race with another process remains possible."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        return f"cannot resolve it: {exc.strerror}"
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return f"HOST {host!r} does not resolve ({exc.strerror}): set HOST to a local address"
+    for family, kind, proto, _, address in addresses:
         try:
-            probe.bind(address)
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
         except OSError as exc:
-            return exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                return f"PORT {port} is in use on {address[0]}: stop whatever listens there or set PORT"
+            return f"cannot listen on {address[0]} port {port} ({exc.strerror or exc}): check HOST and PORT"
     return None
 
 
@@ -96,11 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
 
     if problem := port_taken(settings.host, settings.port):
-        print(
-            f"sentiment-server: HOST {settings.host} PORT {settings.port} cannot be bound ({problem}); stop "
-            "whatever listens there or set PORT to a free port",
-            file=sys.stderr,
-        )
+        print(f"sentiment-server: {problem}", file=sys.stderr)
         return EXIT_CONFIG
 
     from inference_server.app import create_app

@@ -109,4 +109,12 @@ def test_a_port_in_use_is_one_line_and_exit_2_before_the_model_loads(
             monkeypatch.setenv(name, value)
         assert main([]) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert f"PORT {port} cannot be bound" in err and err.count("\n") == 1
+    assert f"PORT {port} is in use on 127.0.0.1" in err and err.count("\n") == 1
+
+
+def test_port_taken_says_why_for_each_cause() -> None:
+    from inference_server.main import port_taken
+
+    assert port_taken("127.0.0.1", 0) is None
+    assert "does not resolve" in (port_taken("no-such-host.invalid", 8080) or "")
+    assert "check HOST" in (port_taken("192.0.2.1", 8080) or "")  # TEST-NET-1: no local interface has it
