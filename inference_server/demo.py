@@ -228,6 +228,9 @@ class _Interrupts:
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.received += 1
         if not self.stopping:
+            # Stopping from here on: a second signal before the clean-up begins must not raise again
+            # inside it (which would skip stopping the server).
+            self.stopping = True
             raise KeyboardInterrupt
 
     @contextlib.contextmanager

@@ -457,7 +457,8 @@ class MicroBatcher:
                     self._forward_lock.release()
             elif self._hand_turn():  # handed over: the exclusive work releases the lock when it ends
                 self._turn_owed = False
-            else:
+            else:  # every waiting turn was given up: nothing is owed any more
+                self._turn_owed = False
                 self._forward_lock.release()
 
     async def _run_queued(self) -> None:

@@ -474,8 +474,9 @@ async def test_a_feedback_cancelled_mid_write_is_recorded_once_by_the_writes_out
                 await first
         finally:
             release.set()
-        for _ in range(600):  # the write finishes on the store's thread: wait for its row (bounded)
-            if store.samples():
+        recent = app.state.ctx.recent
+        for _ in range(600):  # the write ends on the store's thread, then settles the id (bounded wait)
+            if not recent.held("mid"):
                 break
             await asyncio.sleep(0.05)
         retry = await client.post(c.Path.FEEDBACK, json=wrong)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -498,34 +497,32 @@ async def test_work_that_can_no_longer_start_is_draining_not_a_cancellation() ->
 
 
 async def test_an_explanation_under_sustained_load_gets_every_other_turn() -> None:
-    """Requests arriving faster than batches end keep the queue from ever being empty: exclusive work
+    """Requests arriving while every batch runs keep the queue from ever being empty: exclusive work
     that went only when nothing was queued waited forever (holding one of /explain's few slots). Now it
     goes after one round of batches, and batches and passes alternate."""
     order: list[str] = []
     model = FakeModel()
+    loop = asyncio.get_running_loop()
+    answered: list[asyncio.Task[np.ndarray]] = []
+    loading = True
+
+    def arrive() -> None:
+        answered.append(asyncio.ensure_future(batcher.submit([1, 2])))
 
     def forward(batch: list[list[int]]) -> np.ndarray:
         order.append("batch")
-        time.sleep(0.005)  # long enough for the producer below to queue more during every batch
+        if loading:  # the next request arrives while this batch runs, every time: sustained load
+            loop.call_soon_threadsafe(arrive)
         return model(batch)
 
     batcher = MicroBatcher(forward, wait_ms=0)
     batcher.start()
-    loading = True
-    answered: list[asyncio.Task[np.ndarray]] = []
-
-    async def produce() -> None:
-        while loading:
-            answered.append(asyncio.create_task(batcher.submit([1, 2])))
-            await asyncio.sleep(0.001)
-
-    producer = asyncio.create_task(produce())
+    arrive()
     while order.count("batch") < 3:
         await asyncio.sleep(0.001)
     for n in range(3):
         await asyncio.wait_for(batcher.run_exclusive(order.append, f"pass {n}"), 20)
     loading = False
-    await producer
     await asyncio.wait_for(asyncio.gather(*answered), 30)
     passes = [i for i, step in enumerate(order) if step.startswith("pass")]
     assert len(passes) == 3 and all(order[i + 1] == "batch" for i in passes[:-1])  # a batch between passes

@@ -69,10 +69,15 @@ def test_falls_back_to_the_tiny_model_when_the_default_is_not_built(
 
 def test_sigterm_and_sighup_interrupt_like_ctrl_c_and_the_previous_handlers_come_back() -> None:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    with demo._Interrupts().installed():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        interrupts = demo._Interrupts()
+        with interrupts.installed():
             with pytest.raises(KeyboardInterrupt):
                 signal.raise_signal(sig)  # returns once the Python handler has run
+            # A second signal before the clean-up has begun must not raise inside it (that skipped
+            # stopping the server): the first one already started the stop.
+            signal.raise_signal(signal.SIGINT)
+            assert interrupts.received == 2 and interrupts.hurry
     assert {sig: signal.getsignal(sig) for sig in before} == before
     # While the server is being stopped, a first signal lets its drain go on; a second one cuts it short.
     interrupts = demo._Interrupts()
