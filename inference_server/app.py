@@ -72,11 +72,12 @@ def _policies(settings: ServerSettings, state: ServerState) -> dict[str, PathPol
         # Feedback shares neither budget with inference: a flood of it must not starve predictions.
         Path.FEEDBACK: PathPolicy(RateLimiter(settings.rate_limit_infer_per_second), size),
     }
-    if settings.enable_batch:
+    served = settings.inference_paths()
+    if Path.INFER_BATCH in served:
         policies[Path.INFER_BATCH] = PathPolicy(
             RateLimiter(settings.rate_limit_batch_per_second), size, on_start=ticket
         )
-    if settings.enable_explainability:
+    if Path.EXPLAIN in served:
         policies[Path.EXPLAIN] = PathPolicy(RateLimiter(settings.rate_limit_explain_per_second), size)
     return {str(k): v for k, v in policies.items()}
 
@@ -161,9 +162,10 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(inference.router)
-    if settings.enable_batch:
+    served = settings.inference_paths()
+    if Path.INFER_BATCH in served:
         app.include_router(inference.batch_router)
-    if settings.enable_explainability:
+    if Path.EXPLAIN in served:
         app.include_router(explain.router)
     app.include_router(feedback.router)
     app.include_router(metrics.router)

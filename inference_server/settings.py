@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from inference_server.contract import DRIFT_THRESHOLD_DEFAULT, DRIFT_THRESHOLD_MAX, HTTP_PORT, Env
+from inference_server.contract import Path as ApiPath
 from inference_server.runtime.quantization import DEFAULT_INT8_BACKEND, Int8Backend, normalise_int8_backend
 
 
@@ -198,6 +199,12 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    def inference_paths(self) -> tuple[str, ...]:
+        """The inference endpoints this server answers: /infer always, the others when enabled. Their
+        routers, rate limits and input-token series all follow this one answer."""
+        optional = ((self.enable_batch, ApiPath.INFER_BATCH), (self.enable_explainability, ApiPath.EXPLAIN))
+        return (ApiPath.INFER, *(path for enabled, path in optional if enabled))
 
 
 def environment_variables() -> list[str]:

@@ -27,7 +27,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from inference_server import contract
 from inference_server.contract import Env, Span
 from inference_server.feedback.recent import RecentPredictions
 from inference_server.feedback.store import FeedbackStoreError
@@ -84,13 +83,6 @@ class Deadline:
     def until_cancel(self) -> float:
         """Until uvicorn cancels the requests still running (each then a bare 500)."""
         return self.remaining(before_s=self.tail_s / 2)
-
-
-def served_endpoints(settings: ServerSettings) -> tuple[str, ...]:
-    """The endpoints whose input tokens this server counts: /infer always, the others when enabled."""
-    paths = contract.Path
-    optional = ((settings.enable_batch, paths.INFER_BATCH), (settings.enable_explainability, paths.EXPLAIN))
-    return (paths.INFER, *(path for enabled, path in optional if enabled))
 
 
 @dataclass
@@ -243,7 +235,7 @@ async def bring_up(
             batch_wait_ms=settings.batch_wait_ms,
             threads=loaded.threads,
             workers=settings.forward_workers,
-            endpoints=served_endpoints(settings),
+            endpoints=settings.inference_paths(),
         )
         if engine.batcher.workers > loaded.threads:
             log.warning(
