@@ -98,6 +98,7 @@ def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) 
         encoder=encoder,
         version=version,
         threads=TRAIN_THREADS,
+        published_as=final,
     )
     doc = trained.test.doc
     _log(f"test macro-F1 {doc['macro_f1']:.4f}, accuracy {doc['accuracy']:.4f}; calibrating")
@@ -106,6 +107,7 @@ def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) 
         load_model(partial, version=version), trained.validation, held_out=trained.test
     )
     params.save(partial / CALIBRATION_FILE)
+    report["model"]["path"] = str(final)  # where the model is served from, not the side directory
     write_json_atomic(partial / "calibration_report.json", report)
     _log(
         f"temperature {params.temperature:.3f}: validation ECE {report['fitted_on']['ece_before']:.4f} -> "

@@ -412,10 +412,14 @@ def train_model(
     version: str,
     threads: int = 0,
     progress: bool = True,
+    published_as: Path | None = None,
 ) -> Trained:
     """The whole pipeline: load splits (hash-checked) → fine-tune → evaluate → write the card, in
     `staging_dir(output)`, renamed to ``output`` only when complete (a half-built directory loads as a
-    model, and would block the rerun). Returns both evaluations (metrics.json is the test split's)."""
+    model, and would block the rerun). Returns both evaluations (metrics.json is the test split's).
+
+    ``published_as``: where the caller will move ``output`` afterwards (``make model`` builds in its
+    own side directory), so that metrics.json names the model's final place; default ``output``."""
     from inference_server.runtime.threads import configure_torch_threads
 
     used_threads = configure_torch_threads(threads)
@@ -428,7 +432,7 @@ def train_model(
     try:
         trained = _train_into(
             staging,
-            output,
+            published_as or output,
             splits,
             config=config,
             encoder=encoder,

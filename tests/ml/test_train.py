@@ -313,3 +313,6 @@ def test_make_model_build_leaves_only_the_complete_model_and_its_digest(
     assert default_model.is_complete(final)
     assert sorted(p.name for p in models.iterdir()) == ["minilm-rt-tiny", "minilm-rt-tiny.sha256"]
     assert default_model.digest_path(final).read_text() == sha256_of_artifact(final) + "\n"
+    # Every record names the directory the model is served from, not the side directories it was built in.
+    for name in ("metrics.json", "calibration_report.json"):
+        assert json.loads((final / name).read_text())["model"]["path"] == str(final), name
