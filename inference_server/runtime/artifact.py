@@ -9,6 +9,9 @@ _CHUNK = 1 << 20
 # Files that do not change what the model computes and that tools rewrite freely.
 _IGNORED_NAMES = frozenset({".DS_Store"})
 _IGNORED_DIRS = frozenset({"__pycache__", ".git"})
+# At the top level only: huggingface_hub's metadata for `hf download --local-dir` (download times, lock
+# files), rewritten by every download of the same weights. Nothing that loads a model reads it.
+_IGNORED_TOP_DIRS = frozenset({".cache"})
 
 
 class ArtifactError(Exception):
@@ -18,7 +21,8 @@ class ArtifactError(Exception):
 def _iter_files(root: Path) -> list[Path]:
     files = []
     for path in root.rglob("*"):
-        if any(part in _IGNORED_DIRS for part in path.relative_to(root).parts):
+        parts = path.relative_to(root).parts
+        if parts[0] in _IGNORED_TOP_DIRS or any(part in _IGNORED_DIRS for part in parts):
             continue
         if path.is_file() and path.name not in _IGNORED_NAMES:
             files.append(path)
@@ -35,7 +39,9 @@ def sha256_of_artifact(path: Path | str) -> str:
     """sha256 of a file, or of a directory over its sorted relative paths and contents.
 
     For a directory the digest covers each file's relative POSIX path, its size and its bytes, so a
-    renamed or moved file changes the hash as well as an edited one.
+    renamed or moved file changes the hash as well as an edited one. Left out: ``.git`` and
+    ``__pycache__`` directories and ``.DS_Store`` files anywhere, and the top-level ``.cache`` directory
+    (huggingface_hub's download metadata), which tools rewrite without changing the model.
     """
     root = Path(path)
     if not root.exists():

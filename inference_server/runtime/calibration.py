@@ -53,13 +53,24 @@ class CalibrationParams:
     def from_dict(cls, data: dict[str, Any]) -> CalibrationParams:
         if not isinstance(data, dict) or "temperature" not in data:
             raise CalibrationError("calibration params need a 'temperature' field")
+        temperature = data["temperature"]
+        # A JSON number: `true` or "2" is a file some other tool wrote, not a fitted temperature.
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise CalibrationError(f"temperature must be a JSON number, got {temperature!r}")
+        version = data.get("schema_version", CALIBRATION_SCHEMA_VERSION)
+        if type(version) is not int or version != CALIBRATION_SCHEMA_VERSION:
+            raise CalibrationError(
+                f"schema_version {version!r} is not {CALIBRATION_SCHEMA_VERSION}, the only one this server "
+                "reads: the file was written by another sentiment-ml version; refit it with this one's "
+                "`sentiment-ml calibrate`, or upgrade the server"
+            )
         try:
             return cls(
-                temperature=float(data["temperature"]),
+                temperature=float(temperature),
                 method=str(data.get("method", "temperature")),
                 fitted_on=str(data.get("fitted_on", "")),
                 metrics={str(k): float(v) for k, v in dict(data.get("metrics", {})).items()},
-                schema_version=int(data.get("schema_version", CALIBRATION_SCHEMA_VERSION)),
+                schema_version=CALIBRATION_SCHEMA_VERSION,
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, CalibrationError):
@@ -69,11 +80,20 @@ class CalibrationParams:
     @classmethod
     def load(cls, path: Path | str) -> CalibrationParams:
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise CalibrationError(f"calibration params file not found: {path}") from exc
         except json.JSONDecodeError as exc:
             raise CalibrationError(f"calibration params file {path} is not valid JSON: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(
+                f"calibration params file {path} is not UTF-8 JSON ({exc.reason} at byte {exc.start}): "
+                "write it as UTF-8, as `sentiment-ml calibrate` does"
+            ) from exc
+        except OSError as exc:
+            raise CalibrationError(
+                f"cannot read calibration params file {path}: {exc.strerror or exc}"
+            ) from exc
         return cls.from_dict(data)
 
 

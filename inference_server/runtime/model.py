@@ -7,7 +7,7 @@ evaluation, calibration, drift and reprocess jobs all call it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +33,12 @@ __all__ = [
     "labels_from_config",
     "load_model",
     "pad_batch",
+    "padding_id",
+    "position_offset",
     "predict_logits",
     "thread_setter",
+    "token_limit",
+    "untrained_weights",
 ]
 
 
@@ -53,6 +57,7 @@ class LoadedModel:
     max_tokens: int
     path: Path
     sha256: str | None = None
+    pad_id: int = 0  # what the server pads a batch with (``padding_id``); read once, at load
 
     def label_index(self, label: str) -> int:
         try:
@@ -61,29 +66,107 @@ class LoadedModel:
             raise KeyError(f"unknown label {label!r}; this model has {list(self.labels)}") from None
 
 
-def token_limit(requested: int, tokenizer: Any, config: Any) -> int:
+def token_limit(requested: int, tokenizer: Any, config: Any, *, position_offset: int = 0) -> int:
     """MAX_TOKENS, lowered to what the model can take: the tokenizer's ``model_max_length`` (which
-    transformers sets to ~1e30 when unknown) and the position embeddings. RoBERTa-style models number
-    positions from ``pad_token_id + 1``, so two of their 514 positions are never a token's."""
+    transformers sets to ~1e30 when unknown) and the position embeddings, less the ``position_offset``
+    rows no token uses (``position_offset``: RoBERTa-style models number positions from
+    ``padding_idx + 1``, so two of their 514 positions are never a token's)."""
     limit = requested
     from_tokenizer = int(getattr(tokenizer, "model_max_length", 0) or 0)
     if 0 < from_tokenizer < 1_000_000:
         limit = min(limit, from_tokenizer)
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
-        if "roberta" in str(getattr(config, "model_type", "")):
-            positions -= int(getattr(config, "pad_token_id", 0) or 0) + 1
-        limit = min(limit, positions)
+        limit = min(limit, positions - position_offset)
     return limit
 
 
+def position_offset(model: Any) -> int:
+    """Rows at the start of the position table that no token uses: ``padding_idx + 1`` when the
+    model's position embedding has a padding row (RoBERTa, XLM-R, CamemBERT, MPNet, Longformer, ...
+    count positions from there), else 0. Read from the loaded model, not guessed from its model_type:
+    MPNet's padding row is 1 whatever its config's pad_token_id says."""
+    import torch
+
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "position_embeddings" and isinstance(module, torch.nn.Embedding):
+            return 0 if module.padding_idx is None else int(module.padding_idx) + 1
+    return 0
+
+
 def labels_from_config(config: Any) -> tuple[str, ...]:
-    """Labels in logit order, from the config's id2label (any number of classes)."""
-    id2label = getattr(config, "id2label", None) or {}
+    """Labels in logit order, from the config's id2label (any number of classes).
+
+    id2label must name each index 0..n-1 once, with distinct non-empty names: a gap would serve a
+    made-up "LABEL_1" instead of the label trained, and two equal names would merge their scores.
+    """
+    id2label = dict(getattr(config, "id2label", None) or {})
     n = int(getattr(config, "num_labels", len(id2label)) or len(id2label))
     if n < 2:
-        raise ModelLoadError(f"a classifier needs at least 2 labels, config has {n}")
-    return tuple(str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n))
+        raise ModelLoadError(
+            f"a classifier needs at least 2 labels, MODEL_PATH's config.json has {n}: point MODEL_PATH at a "
+            "sequence-classification model"
+        )
+    if not id2label:
+        return tuple(f"LABEL_{i}" for i in range(n))
+    by_index: dict[int, str] = {}
+    for key, name in id2label.items():
+        try:
+            by_index[int(key)] = str(name)
+        except (TypeError, ValueError):
+            break
+    labels = tuple(by_index.get(i, "") for i in range(n))
+    if (
+        len(id2label) != n
+        or set(by_index) != set(range(n))
+        or any(not label.strip() for label in labels)
+        or len(set(labels)) != n
+    ):
+        raise ModelLoadError(
+            f"MODEL_PATH's config.json id2label must give each of the {n} outputs (keys 0..{n - 1}) its own "
+            f"non-empty label, got {id2label}: fix id2label and label2id there"
+        )
+    return labels
+
+
+def untrained_weights(info: Mapping[str, Any]) -> str | None:
+    """What transformers' loading info says was *not* loaded from the checkpoint (and so was initialised
+    at random), and what to do about it; None when every weight of the model came from the directory."""
+    mismatched = sorted(info.get("mismatched_keys") or (), key=str)
+    if mismatched:
+        shown = "; ".join(
+            f"{key[0]}: saved {list(key[1])}, config.json wants {list(key[2])}"
+            if isinstance(key, tuple) and len(key) == 3
+            else str(key)
+            for key in mismatched[:4]
+        )
+        return (
+            f"its config.json does not fit its saved weights ({shown}): were num_labels or id2label "
+            "edited? Restore config.json, or point MODEL_PATH at the directory these weights came from"
+        )
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    if missing:
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        return (
+            f"it has no trained weights for {', '.join(missing[:4])}{more}, so they would be random: it is "
+            "a base encoder or another task's checkpoint, not a fine-tuned sequence classifier. Point "
+            "MODEL_PATH at the fine-tuned directory that save_pretrained wrote"
+        )
+    return None
+
+
+def padding_id(tokenizer_pad: int | None, config_pad: int | None) -> int:
+    """The token id a batch is padded with: the tokenizer's pad token, else the config's pad_token_id.
+    Decoder classifiers (GPT-2, Llama) read their score at the last token that is not
+    ``config.pad_token_id``: padding with any other id scores every shorter text of a batch at a
+    padding position, silently. Neither defined: ModelLoadError."""
+    for candidate in (tokenizer_pad, config_pad):
+        if isinstance(candidate, int) and not isinstance(candidate, bool) and candidate >= 0:
+            return candidate
+    raise ModelLoadError(
+        "neither MODEL_PATH's tokenizer nor its config.json defines a pad token, and batching needs one: "
+        "set pad_token in tokenizer_config.json (often the eos token) and pad_token_id in config.json"
+    )
 
 
 def load_model(
@@ -116,12 +199,28 @@ def load_model(
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(root, local_files_only=True)
+        # ignore_mismatched_sizes: a head whose shape is not the config's is reported in the loading info
+        # (and refused below) instead of a RuntimeError pointing at a table printed in the log.
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            root, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a sequence-classification model from {root}: {exc}") from exc
+    if problem := untrained_weights(info):
+        # transformers fills such weights with random values: every replica would answer differently.
+        raise ModelLoadError(f"MODEL_PATH={root}: {problem}")
     model.eval()
     labels = labels_from_config(model.config)
-    max_tokens = token_limit(max_tokens, tokenizer, model.config)
+    rows = int(model.get_input_embeddings().num_embeddings)
+    if len(tokenizer) > rows:
+        # A token id past the table fails the whole forward pass of every text batched with it.
+        raise ModelLoadError(
+            f"MODEL_PATH={root}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table "
+            f"only {rows} rows (tokens added without resize_token_embeddings?): resize the embeddings and "
+            "save the model again, or use the tokenizer it was trained with"
+        )
+    pad_id = padding_id(tokenizer.pad_token_id, getattr(model.config, "pad_token_id", None))
+    max_tokens = token_limit(max_tokens, tokenizer, model.config, position_offset=position_offset(model))
     loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -131,6 +230,7 @@ def load_model(
         max_tokens=max_tokens,
         path=root,
         sha256=sha,
+        pad_id=pad_id,
     )
     if not quantized:
         return loaded
@@ -156,10 +256,9 @@ def count_tokens(m: LoadedModel, texts: Sequence[str]) -> list[int]:
 
 
 def _forward(m: LoadedModel, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-    enc = m.tokenizer(
-        list(texts), padding=True, truncation=True, max_length=m.max_tokens, return_tensors="np"
-    )
-    return _logits(m, enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
+    enc = m.tokenizer(list(texts), truncation=True, max_length=m.max_tokens)
+    # Padded as the server pads (``forward_ids``): the tokenizer may have no pad token of its own.
+    return _logits(m, *pad_batch(enc["input_ids"], m.pad_id))
 
 
 def _logits(
@@ -244,5 +343,4 @@ def forward_ids(m: LoadedModel, batch: Sequence[Sequence[int]]) -> npt.NDArray[n
     """Logits [n, num_labels] for already-encoded texts: one padded forward pass (no grad)."""
     if not batch:
         return np.zeros((0, len(m.labels)), dtype=np.float32)
-    pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
-    return _logits(m, *pad_batch(batch, pad_id))
+    return _logits(m, *pad_batch(batch, m.pad_id))

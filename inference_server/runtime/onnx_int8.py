@@ -270,7 +270,9 @@ def _remove_leftovers(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _build_into_cache(model_dir: Path, path: Path, allow_fusion: bool) -> tuple[bytes, BuildInfo]:
+def _build_into_cache(
+    model_dir: Path, path: Path, allow_fusion: bool, artifact_sha256: str
+) -> tuple[bytes, BuildInfo]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
@@ -283,6 +285,16 @@ def _build_into_cache(model_dir: Path, path: Path, allow_fusion: bool) -> tuple[
                 f"building the INT8 ONNX model from {model_dir} failed ({type(exc).__name__}: {exc}); "
                 f"set {Env.INT8_BACKEND}=torch to serve torch's dynamic INT8 instead"
             ) from exc
+        # The export re-read model_dir, seconds to minutes after its hash (the cache key) was taken: had
+        # it changed meanwhile, the file would hold other weights under this artifact's key, and every
+        # later pod that verified the right artifact would serve them. One more hash, on a build only.
+        now = sha256_of_artifact(model_dir)
+        if now != artifact_sha256:
+            raise OnnxInt8Error(
+                f"{Env.MODEL_PATH}={model_dir} changed while the INT8 model was built from it (sha256 "
+                f"{artifact_sha256}, now {now}): refusing to cache or serve it; restart once nothing "
+                "writes to the model directory"
+            )
         data = Path(tmp).read_bytes()
         os.chmod(tmp, _FILE_MODE)
         # Digest first, then the file: a reader that finds the new file also finds its digest; a crash
@@ -305,20 +317,26 @@ def cached_int8_onnx(
     from filelock import FileLock, Timeout
 
     _require_onnxruntime()
-    sha = artifact_sha256 or sha256_of_artifact(model_dir)
+    sha = (artifact_sha256 or sha256_of_artifact(model_dir)).strip().lower().removeprefix("sha256:")
     versions = tool_versions() | {"fusion": str(allow_fusion)}
     path = cache_dir / cache_file_name(cache_key(sha, versions))
+    # Without the lock first: the file is renamed into place after its digest and checked against it, so
+    # a reader never takes a half-written file. A cache built once and mounted read-only (baked into
+    # the image, a read-only volume) then serves with no lock file to create.
+    data = _read_verified(path)
+    if data is not None:
+        return CachedOnnx(path, data, built=False, build=None)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
         with lock:
-            data = _read_verified(path)
+            data = _read_verified(path)  # another process may have built it while this one waited
             if data is not None:
                 return CachedOnnx(path, data, built=False, build=None)
             if path.exists():
                 log.warning("cached INT8 model %s is damaged or incomplete: rebuilding it", path)
             _remove_leftovers(path)
-            data, info = _build_into_cache(model_dir, path, allow_fusion)
+            data, info = _build_into_cache(model_dir, path, allow_fusion, sha)
             return CachedOnnx(path, data, built=True, build=info)
     except Timeout as exc:
         raise OnnxInt8Error(

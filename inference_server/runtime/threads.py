@@ -11,9 +11,8 @@ import math
 import os
 from pathlib import Path
 
-_CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-_CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-_CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+_CGROUP_ROOT = Path("/sys/fs/cgroup")  # v2's unified mount; v1's cpu controller is mounted at <root>/cpu
+_PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 
 
 def parse_cpu_max(text: str) -> float | None:
@@ -33,15 +32,47 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _upwards(base: Path, relative: str) -> list[Path]:
+    """``base/relative`` and each of its ancestors up to ``base`` itself, deepest first."""
+    parts = [p for p in relative.strip().strip("/").split("/") if p and p not in (".", "..")]
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def cpu_limit_from(proc_self_cgroup: str, root: Path) -> float | None:
+    """The tightest CPU quota on this process's cgroup and its ancestors, in CPUs (None: unlimited).
+
+    ``proc_self_cgroup`` is /proc/self/cgroup's text: v2's ``0::/path`` line, v1's line for the cpu
+    controller. Inside a cgroup namespace (a Kubernetes pod) the path is ``/`` and the quota sits at the
+    mount root; as a systemd service with ``CPUQuota=`` or in a container sharing the host's cgroup
+    namespace it sits on the process's own, nested cgroup, or on an ancestor's. A path that does not
+    exist under ``root`` (v1 containers see the host's path but have their own cgroup mounted at the
+    root) just contributes the directories that do.
+    """
+    v2, v1 = "/", "/"
+    for line in proc_self_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    limits = [
+        limit
+        for directory in _upwards(root, v2)
+        if (text := _read(directory / "cpu.max")) is not None and (limit := parse_cpu_max(text)) is not None
+    ]
+    for directory in _upwards(root / "cpu", v1):
+        quota, period = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+        with contextlib.suppress(ValueError):
+            if quota and period and int(quota) > 0 and int(period) > 0:
+                limits.append(int(quota) / int(period))
+    return min(limits, default=None)
+
+
 def cgroup_cpu_limit() -> float | None:
-    """The CPU quota of this process's cgroup in CPUs, or None when unlimited/unknown."""
-    v2 = _read(_CGROUP_V2_CPU_MAX)
-    if v2 is not None:
-        return parse_cpu_max(v2)
-    quota, period = _read(_CGROUP_V1_QUOTA), _read(_CGROUP_V1_PERIOD)
-    if quota and period and int(quota) > 0 and int(period) > 0:
-        return int(quota) / int(period)
-    return None
+    """The CPU quota of this process's cgroup (or the tightest of its ancestors') in CPUs, or None when
+    unlimited/unknown."""
+    return cpu_limit_from(_read(_PROC_SELF_CGROUP) or "", _CGROUP_ROOT)
 
 
 def threads_for(quota: float | None, affinity: int) -> int:

@@ -32,6 +32,9 @@ in arrival order would put each inference batch behind one pass of every explana
 way an inference batch waits for at most one pass, and an explanation under sustained load still gets
 every other turn.
 
+A pass of several texts that fails is run again text by text, so that only a text that fails alone
+(one with a token id the model cannot embed, say) gets the error, not the requests batched with it.
+
 Shutting down: ``stop`` refuses new work and finishes what is queued. When the shutdown's deadline is
 near, ``abandon`` fails every request still waiting (queued, in a planned batch, or awaiting a pass
 already running) with ``DrainingError``, which the app answers 503 ``draining`` rather than leaving
@@ -532,9 +535,16 @@ class MicroBatcher:
         try:
             logits = await self._forward(loop, [it.ids for it in batch])
         except Exception as exc:  # a failed forward pass fails its requests, not the collector
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            # One text can fail a whole pass (a token id the model's table lacks, a pathological
+            # input): its companions must not fail with it. Each text again, alone: only what fails
+            # alone fails. This costs passes only after a failure, never on the way to an answer.
             for it in batch:
                 if not it.future.done():
-                    it.future.set_exception(exc)
+                    await self._run(loop, [it])
             return
         for row, it in enumerate(batch):
             if not it.future.done():

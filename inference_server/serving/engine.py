@@ -22,6 +22,7 @@ from inference_server.observability.metrics import ServerMetrics
 from inference_server.runtime.calibration import CalibrationParams
 from inference_server.runtime.model import (
     LoadedModel,
+    ModelLoadError,
     encode_ids,
     forward_ids,
     thread_setter,
@@ -212,10 +213,15 @@ class InferenceEngine:
     async def warm_up(self, rounds: int = 2) -> None:
         """Exercise the real path (short, medium and longest inputs; alone, batched, and batched into
         slices on every forward worker) before turning ready, so the first user request does not pay
-        for lazy initialisation in torch, ONNX Runtime (a session per thread count) or the tokenizer."""
+        for lazy initialisation in torch, ONNX Runtime (a session per thread count) or the tokenizer.
+
+        ModelLoadError when the model answers the warm-up with NaN or infinite logits: each request
+        would fail (a diverged fine-tune, a broken weight), and a READY server that answers every
+        request 500 is a rollout the error-rate rule notices only after minutes."""
         max_len = max(2, self.model.max_tokens - 2)
         samples = ["ok", "warm up " * 8, " ".join(["warm"] * max_len)]
         sliced = self.batcher.workers * self.batcher.min_slice
+        rows: list[np.ndarray] = []
         self.warming = True  # the server is not ready yet: every pass until it ends is the warm-up's
         try:
             for _ in range(rounds):
@@ -223,9 +229,15 @@ class InferenceEngine:
                 for text in samples:
                     ids = encode_ids(self.model, [text])[0][: self.model.max_tokens]
                     prepared.append(ids)
-                await self.batcher.submit_many(prepared)
-                await asyncio.gather(*(self.batcher.submit(ids) for ids in prepared))
+                rows += await self.batcher.submit_many(prepared)
+                rows += await asyncio.gather(*(self.batcher.submit(ids) for ids in prepared))
                 if self.batcher.workers > 1:
-                    await self.batcher.submit_many([prepared[i % 2] for i in range(sliced)])
+                    rows += await self.batcher.submit_many([prepared[i % 2] for i in range(sliced)])
         finally:
             self.warming = False
+        if not all(np.isfinite(row).all() for row in rows):
+            raise ModelLoadError(
+                f"MODEL_PATH={self.model.path}: the model gives non-finite logits (NaN or inf) on the "
+                "warm-up texts, so every request would fail: its weights are broken (a diverged "
+                "fine-tune?); point MODEL_PATH at a model that evaluates cleanly"
+            )

@@ -318,7 +318,37 @@ async def test_a_failing_slice_fails_its_batch_only_after_every_slice_has_finish
     assert not any(t.done() for t in tasks)  # the failed slice waits for its sibling
     gate.set()
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-    assert all(isinstance(r, RuntimeError) for r in results)
+    # Then each text again alone: only the one that fails alone ([1], its slice's first) fails.
+    assert isinstance(results[0], RuntimeError)
+    assert [r.tolist() for r in results[1:]] == [[4, 2], [9, 3], [16, 4]]  # type: ignore[union-attr]
+    await batcher.stop()
+
+
+async def test_a_text_that_fails_its_pass_fails_alone_not_its_companions() -> None:
+    """One client's text that breaks the forward pass (a token id the model's table lacks) failed every
+    request batched with it: the pass is retried text by text, and only what fails alone fails."""
+
+    def model(batch: list[list[int]]) -> np.ndarray:
+        if [666] in batch:
+            raise IndexError("index out of range in self")
+        return np.array([[sum(ids), len(ids)] for ids in batch], dtype=np.float32)
+
+    calls: list[int] = []
+    batcher = MicroBatcher(
+        model, max_batch_size=8, wait_ms=60_000, on_batch=lambda n, _t, _s: calls.append(n)
+    )
+    batcher.start()
+    ticket = batcher.ticket()  # hold the batch open until all three have queued
+    tasks = [asyncio.create_task(batcher.submit(ids)) for ids in ([1], [666], [2])]
+    await asyncio.sleep(0)
+    ticket.release()
+    first, poison, second = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert isinstance(poison, IndexError)
+    assert first.tolist() == [1, 1] and second.tolist() == [2, 1]  # type: ignore[union-attr]
+    assert calls == [1, 1]  # the two good texts' passes are counted; the failed ones are not
+    # The batcher goes on: the next batch is answered in one pass.
+    assert [r.tolist() for r in await batcher.submit_many([[3], [4]])] == [[3, 1], [4, 1]]
+    assert calls[-1] == 2
     await batcher.stop()
 
 

@@ -219,6 +219,51 @@ def test_unusable_cache_dir_is_a_model_load_error_naming_the_variable(
         int8_variant(fp32, backend="onnxruntime", threads=1, cache_dir=blocker / "cache")
 
 
+def test_a_cache_that_holds_the_file_serves_it_without_a_lock_file(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built once and shipped read-only (baked into the image, a read-only volume): the lock file cannot
+    be created there, and a valid file needs none. Only a build takes the lock."""
+    import filelock
+
+    built = cached_int8_onnx(tiny_model_dir, cache_dir=tmp_path)
+
+    def read_only(*_: object, **__: object) -> filelock.FileLock:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(filelock, "FileLock", read_only)
+    again = cached_int8_onnx(tiny_model_dir, cache_dir=tmp_path)
+    assert not again.built and again.data == built.data and again.path == built.path
+    built.path.write_bytes(built.data[:100])  # nothing valid there: building needs the lock, as before
+    with pytest.raises(onnx_int8.OnnxInt8Error, match="ONNX_CACHE_DIR"):
+        cached_int8_onnx(tiny_model_dir, cache_dir=tmp_path)
+
+
+def test_a_model_dir_that_changes_during_the_build_is_not_cached(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export re-reads MODEL_PATH after its hash was verified: had a writer changed it meanwhile, the
+    file of the other weights would be cached under the verified artifact's key for every later pod."""
+    import shutil
+
+    from inference_server.runtime.artifact import sha256_of_artifact
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    verified = sha256_of_artifact(model_dir)
+
+    def export_while_written(src: Path, out: Path, *, allow_fusion: bool = True) -> onnx_int8.BuildInfo:
+        (src / "model.safetensors").write_bytes(b"other weights")  # a writer replacing the artifact
+        out.write_bytes(b"int8 of the other weights")
+        return onnx_int8.BuildInfo({}, 0.0)
+
+    monkeypatch.setattr(onnx_int8, "build_int8_onnx", export_while_written)
+    cache = tmp_path / "cache"
+    with pytest.raises(onnx_int8.OnnxInt8Error, match=r"MODEL_PATH=.*changed while the INT8 model was built"):
+        cached_int8_onnx(model_dir, cache_dir=cache, artifact_sha256=verified)
+    assert not list(cache.glob("int8-*.onnx")) and not list(cache.glob(".*partial*"))
+
+
 def test_the_test_session_never_writes_to_the_user_cache() -> None:
     assert "onnx-cache" in os.environ["ONNX_CACHE_DIR"]
 

@@ -125,25 +125,21 @@ def test_explain_contract(tiny: LoadedModel) -> None:
 
 
 @pytest.mark.parametrize(
-    ("requested", "model_max_length", "config", "expected"),
+    ("requested", "model_max_length", "positions", "offset", "expected"),
     [
-        (256, 512, {"max_position_embeddings": 512, "model_type": "bert"}, 256),
-        (
-            256,
-            int(1e30),
-            {"max_position_embeddings": 128, "model_type": "bert"},
-            128,
-        ),  # tokenizer says nothing
-        (1024, 512, {"max_position_embeddings": 512, "model_type": "bert"}, 512),
-        (1024, int(1e30), {"max_position_embeddings": 514, "model_type": "roberta", "pad_token_id": 1}, 512),
-        (300, int(1e30), {}, 300),  # neither knows a limit
+        (256, 512, 512, 0, 256),
+        (256, int(1e30), 128, 0, 128),  # tokenizer says nothing
+        (1024, 512, 512, 0, 512),
+        (1024, int(1e30), 514, 2, 512),  # RoBERTa: positions from padding_idx 1 + 1
+        (300, int(1e30), None, 0, 300),  # neither knows a limit
     ],
 )
 def test_max_tokens_never_exceeds_what_the_model_can_take(
-    requested: int, model_max_length: int, config: dict[str, object], expected: int
+    requested: int, model_max_length: int, positions: int | None, offset: int, expected: int
 ) -> None:
     tokenizer = types.SimpleNamespace(model_max_length=model_max_length)
-    assert token_limit(requested, tokenizer, types.SimpleNamespace(**config)) == expected
+    config = types.SimpleNamespace(max_position_embeddings=positions)
+    assert token_limit(requested, tokenizer, config, position_offset=offset) == expected
 
 
 def test_a_model_whose_tokenizer_states_no_limit_serves_within_its_positions(
@@ -174,3 +170,25 @@ def test_a_directory_without_config_json_is_one_clear_error(tmp_path: Path, tiny
     (copy / "config.json").unlink()
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_model(copy, version="t")
+
+
+def test_huggingface_download_metadata_is_not_part_of_the_artifact_hash(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`hf download --local-dir` writes .cache/huggingface/ (download times, locks) beside the weights and
+    rewrites it on every download: the same weights downloaded twice must verify against one hash."""
+    from huggingface_hub._local_folder import get_local_download_paths, write_download_metadata
+
+    from inference_server.runtime.artifact import sha256_of_artifact
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    before = sha256_of_artifact(model_dir)
+    for name in ("config.json", "model.safetensors"):
+        get_local_download_paths(model_dir, name)  # creates .cache/huggingface/{.gitignore,download/...}
+        write_download_metadata(model_dir, name, commit_hash="a" * 40, etag="e" * 40)
+    assert any((model_dir / ".cache" / "huggingface").rglob("*.metadata"))
+    assert sha256_of_artifact(model_dir) == before
+    (model_dir / "sub" / ".cache").mkdir(parents=True)  # only the top-level .cache is tool metadata
+    (model_dir / "sub" / ".cache" / "weights.bin").write_bytes(b"x")
+    assert sha256_of_artifact(model_dir) != before

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from inference_server.main import EXIT_CONFIG, main
-from inference_server.runtime.threads import parse_cpu_max, threads_for
+from inference_server.runtime.threads import cpu_limit_from, parse_cpu_max, threads_for
 from inference_server.settings import ConfigError, load_settings
 
 
@@ -85,6 +85,57 @@ def test_threads_follow_the_quota_not_the_host(quota: float | None, affinity: in
     assert threads_for(quota, affinity) == threads
 
 
+def _cgroup_tree(root: Path, files: dict[str, str]) -> Path:
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("proc_self_cgroup", "files", "cpus"),
+    [
+        # A systemd service with CPUQuota=50% (or docker --cgroupns=host): the quota is on the
+        # process's own cgroup, none at the mount root. Read at the root only, this was "unlimited".
+        (
+            "0::/system.slice/sentiment.service",
+            {"system.slice/sentiment.service/cpu.max": "50000 100000"},
+            0.5,
+        ),
+        # The tightest of the cgroup and its ancestors.
+        (
+            "0::/kubepods/pod1/ctr",
+            {"kubepods/cpu.max": "100000 100000", "kubepods/pod1/ctr/cpu.max": "max 100000"},
+            1.0,
+        ),
+        # A pod's own cgroup namespace: the path is "/", the quota at the root (as before).
+        ("0::/", {"cpu.max": "200000 100000"}, 2.0),
+        ("0::/", {"cpu.max": "max 100000"}, None),
+        # cgroup v1 below the root, and a v1 container whose own cgroup is mounted at the root while
+        # /proc/self/cgroup shows the host's path (which does not exist inside).
+        (
+            "4:cpu,cpuacct:/system.slice/x.service\n1:name=systemd:/",
+            {
+                "cpu/system.slice/x.service/cpu.cfs_quota_us": "150000",
+                "cpu/system.slice/x.service/cpu.cfs_period_us": "100000",
+            },
+            1.5,
+        ),
+        (
+            "4:cpu,cpuacct:/docker/abc",
+            {"cpu/cpu.cfs_quota_us": "50000", "cpu/cpu.cfs_period_us": "100000"},
+            0.5,
+        ),
+        ("4:cpu,cpuacct:/", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ("", {}, None),  # nothing readable: unknown
+    ],
+)
+def test_the_cpu_quota_is_read_on_the_process_cgroup_and_its_ancestors(
+    tmp_path: Path, proc_self_cgroup: str, files: dict[str, str], cpus: float | None
+) -> None:
+    assert cpu_limit_from(proc_self_cgroup, _cgroup_tree(tmp_path, files)) == cpus
+
+
 def test_otlp_exporter_only_when_an_endpoint_is_configured() -> None:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -105,7 +156,9 @@ def test_otlp_exporter_only_when_an_endpoint_is_configured() -> None:
     shutdown_provider(provider)
 
 
-@pytest.mark.parametrize("endpoint", ["collector:4317", "127.0.0.1:4318", "not a url", "grpc://collector:4317"])
+@pytest.mark.parametrize(
+    "endpoint", ["collector:4317", "127.0.0.1:4318", "not a url", "grpc://collector:4317"]
+)
 def test_an_otlp_endpoint_that_is_no_http_url_stops_start_up(tmp_path: Path, endpoint: str) -> None:
     # The SDK took these, then failed every export ("No connection adapters were found"): every span lost.
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
