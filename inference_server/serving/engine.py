@@ -29,6 +29,7 @@ from inference_server.runtime.model import (
 )
 from inference_server.serving.batching import MicroBatcher
 from inference_server.serving.validation import (
+    InputProblem,
     beyond_ordinary_length,
     check_token_count,
     normalise_text,
@@ -102,6 +103,9 @@ class InferenceEngine:
         self._temperature = calibration.temperature if calibration is not None else 1.0
         # Warm-up passes are not traffic: the batch-size and forward-latency series count users' work only.
         self.warming = False
+        # What an empty text encodes to ([CLS] [SEP] for BERT): a text that encodes to no more holds only
+        # characters this tokenizer drops (U+FFFD, a lone combining mark...), which text rules cannot know.
+        self._bare_tokens = len(self._encode(""))
         metrics.declare_series(model.labels, endpoints=endpoints)
         self.batcher = MicroBatcher(
             self._forward,
@@ -138,6 +142,11 @@ class InferenceEngine:
             else:
                 ids = self._encode(clean)
             check_token_count(len(ids), self.model.max_tokens, field=field)
+            if len(ids) <= self._bare_tokens:
+                # The model would classify its special tokens alone, and the answer would be counted and
+                # kept for /feedback like a real prediction.
+                reason = "has no character the model reads (its tokenizer drops them all)"
+                raise InputProblem(422, "empty_text", reason, field)
         return Prepared(request_id or new_request_id(), clean, ids, endpoint)
 
     def _encode(self, text: str) -> list[int]:
