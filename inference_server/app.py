@@ -174,7 +174,12 @@ def create_app(
         state.in_flight += delta
 
     # Added last = outermost: metrics see every response, including the guard's 413/415/429.
-    app.add_middleware(RequestGuard, policies=_policies(settings, state))
+    app.add_middleware(
+        RequestGuard,
+        policies=_policies(settings, state),
+        # Shutdown has begun (SIGTERM or the lifespan's end): a request cancelled now gets 503 draining.
+        draining=lambda: state.shutdown_deadline is not None,
+    )
     app.add_middleware(
         RequestMetrics,
         observe=server_metrics.observe_request,

@@ -1,4 +1,4 @@
-"""GET /healthz (the process is alive) and GET /readyz (model loaded and warmed)."""
+"""GET /healthz (the process is alive) and GET /readyz (model loaded and warmed); HEAD on both."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ router = APIRouter(tags=["health"])
 @router.get(Path.HEALTHZ, response_model=HealthResponse, summary="Liveness: the process answers")
 async def healthz() -> Response:
     return JSONBytes({"status": "ok"})
+
+
+# HEAD as well (RFC 9110 §9.1; some uptime checkers and load balancers probe with it): FastAPI, unlike
+# Starlette, adds no HEAD route of its own. Kept out of the OpenAPI document, where a second method on the
+# same function would duplicate its operationId; uvicorn sends the headers and drops the body.
+router.add_api_route(Path.HEALTHZ, healthz, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get(
@@ -44,3 +50,6 @@ async def readyz(ctx: Ctx) -> Response:
             "forward_workers": engine.batcher.workers,
         }
     )
+
+
+router.add_api_route(Path.READYZ, readyz, methods=["HEAD"], include_in_schema=False)

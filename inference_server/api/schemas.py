@@ -45,8 +45,14 @@ class ExplainRequest(_Strict):
     text: Text
     request_id: RequestId | None = None
     method: Literal["grad_x_input", "integrated_gradients"] = "grad_x_input"
-    steps: int = Field(20, ge=1, le=MAX_STEPS, description="Integration steps (integrated_gradients only)")
-    target_label: str | None = Field(None, description="Label to explain (default: the predicted one)")
+    # strict: pydantic's lax mode would take `true` as 1 step (and 20.0 as 20); JSON integers only.
+    steps: int = Field(
+        20, ge=1, le=MAX_STEPS, strict=True, description="Integration steps (integrated_gradients only)"
+    )
+    # Bounded like FeedbackRequest.label: the 422 unknown_label message repeats it.
+    target_label: str | None = Field(
+        None, min_length=1, max_length=128, description="Label to explain (default: the predicted one)"
+    )
 
 
 class FeedbackRequest(_Strict):

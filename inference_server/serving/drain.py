@@ -5,8 +5,11 @@ balancers stop sending new work, and the shutdown deadline starts: SHUTDOWN_GRAC
 signal, one budget for every step (``lifecycle.Deadline``). uvicorn stops accepting connections and lets
 the requests in flight finish; near the deadline, at the start of its tail, the requests still waiting on
 the micro-batcher are answered 503 ``draining`` (with Retry-After) instead of being cancelled; halfway
-through the tail uvicorn cancels whatever still runs; then the app's lifespan stops the micro-batcher and
-flushes spans with what is left. A completed drain exits 0.
+through the tail uvicorn cancels whatever still runs (a guarded POST that has not started its response,
+e.g. one still receiving its body, is then answered 503 ``draining`` by serving/limits.RequestGuard rather
+than uvicorn's plain-text 500); then the app's lifespan stops the micro-batcher and flushes spans with
+what is left. A completed drain exits 0. Requests uvicorn cannot parse get a JSON 400
+(``json_errors_protocol``).
 
 uvicorn's ``timeout_graceful_shutdown`` is annotated ``int`` but passed straight to ``asyncio.wait_for``,
 so fractions of a second are honoured; it is set when shutdown begins, to what is left of the deadline
@@ -24,12 +27,16 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from inference_server.api.middleware import OTHER_ENDPOINT
+from inference_server.api.responses import error_bytes
 from inference_server.serving.lifecycle import Deadline
 from inference_server.settings import ServerSettings
 
@@ -40,6 +47,10 @@ UVICORN_CLOSE_PAUSE_S = 0.1
 # At least this long for uvicorn's wait, so that it looks once: with no request left it then returns at
 # once instead of logging that it cancels zero tasks.
 MIN_GRACEFUL_WAIT_S = 0.01
+BAD_FRAMING_MESSAGE = (
+    "malformed HTTP/1.1 request: its request line or headers cannot be parsed (e.g. a Content-Length "
+    "that is not one number, Transfer-Encoding with Content-Length, an unknown method)"
+)
 
 
 class DrainingServer(uvicorn.Server):
@@ -72,13 +83,15 @@ class DrainingServer(uvicorn.Server):
 
     def _abandon_waiting(self) -> None:
         engine = self._ctx.state.engine
+        # abandon() counts what it failed on the batcher: one per text (a 64-item /infer/batch is 64) and
+        # one per explanation pass, not HTTP requests; the log says so rather than mislead an alert.
         failed = engine.batcher.abandon() if engine is not None else 0
         if failed:
             log.warning(
-                "shutdown grace nearly over: %d request(s) still waiting for a forward pass answered 503 "
-                "draining",
+                "shutdown grace nearly over: %d text(s) still waiting for a forward pass (an explanation "
+                "counts as one) answered 503 draining",
                 failed,
-                extra={"fields": {"event": "drain_abandoned", "requests": failed}},
+                extra={"fields": {"event": "drain_abandoned", "texts": failed}},
             )
 
     @contextlib.contextmanager
@@ -109,5 +122,32 @@ def build_server(settings: ServerSettings, app: FastAPI, *, port: int | None = N
         server_header=False,  # no need to advertise the server software
         # timeout_graceful_shutdown is set when shutdown begins, from the deadline (DrainingServer).
         lifespan="on",
+        http=json_errors_protocol(partial(app.state.ctx.metrics.observe_request, OTHER_ENDPOINT, 400, 0.0)),
     )
     return DrainingServer(config, app)
+
+
+def json_errors_protocol(on_bad_request: Callable[[], None]) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol (httptools: what ``http="auto"`` picks, installed with uvicorn[standard]),
+    answering a request it cannot parse in the server's JSON error shape rather than plain text.
+
+    Malformed framing (Content-Length not a number or repeated, Transfer-Encoding with Content-Length
+    or unknown, a bad chunk size, an unknown method, an HTTP/2 preface) is refused by uvicorn's parser
+    before the app sees anything, so neither the guard nor the metrics middleware can answer or count
+    it. ``send_400_response`` is not public uvicorn API: tests/server/test_http_edge.py pins it."""
+
+    class JsonErrorsHttpTools(HttpToolsProtocol):
+        def send_400_response(self, msg: str) -> None:
+            body = error_bytes("bad_request", BAD_FRAMING_MESSAGE)
+            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            for name, value in self.server_state.default_headers:  # the date header, as uvicorn sends
+                head.append(name + b": " + value + b"\r\n")
+            head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+            head.append(b"connection: close\r\n\r\n")  # the stream cannot be read past this point
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
+            # Counted with the unknown paths (the request line may not even have been read): no latency
+            # to speak of, so 0 s in the latency histogram.
+            on_bad_request()
+
+    return JsonErrorsHttpTools

@@ -10,7 +10,8 @@ Shutdown has one deadline, SHUTDOWN_GRACE_SECONDS from the moment it begins (SIG
 serving/drain.py), which every step shares (``Deadline``): requests in flight may run until its last
 part, the tail (a quarter of the grace, at most a second); at the tail's start the requests still
 waiting on the micro-batcher are answered 503 ``draining``; halfway through it uvicorn cancels whatever
-is still running; the lifespan's batcher drain and span flush get what is left.
+is still running (503 ``draining`` too for a guarded POST that has not started its response); the
+lifespan's batcher drain and span flush get what is left.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class Deadline:
         return self.remaining(before_s=self.tail_s)
 
     def until_cancel(self) -> float:
-        """Until uvicorn cancels the requests still running (each then a bare 500)."""
+        """Until uvicorn cancels the requests still running (a guarded POST whose response has not
+        started is then answered 503 draining: serving/limits.RequestGuard)."""
         return self.remaining(before_s=self.tail_s / 2)
 
 

@@ -6,7 +6,10 @@ Policy, in order (documented in the README, "Inference server"):
 2. It is normalised to NFC, so composed and decomposed spellings of the same text get one answer.
 3. Control characters are replaced by a space: C0 (U+0000–U+001F) except tab, line feed and carriage
    return, DEL (U+007F) and C1 (U+0080–U+009F). They carry no sentiment and some tokenizers choke on them.
-4. A text that is empty or only whitespace after this → 422 ``empty_text``.
+4. A text that is empty, or has no visible character after this (only whitespace, control and format
+   characters: Unicode categories Cc, Cf, Zs, Zl, Zp, e.g. U+200B zero-width space or a BOM) → 422
+   ``empty_text``. The tokenizer drops such characters, so the model would classify ``[CLS][SEP]`` alone
+   and the answer would be counted and kept for /feedback like a real prediction.
 5. More tokens than MAX_TOKENS (counted by the model's tokenizer, special tokens included, no
    truncation) → 413 ``too_many_tokens``. The server never silently truncates.
 """
@@ -18,6 +21,9 @@ import unicodedata
 
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _ASCII_SAFE = re.compile("[\x09\x0a\x0d\x20-\x7e]*")
+# Rule 4: characters that carry nothing to read. Cf (format: zero-width space/joiners, BOM, bidi controls,
+# soft hyphen) is dropped by the tokenizers the server serves, as str.strip() does with whitespace.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 
 
 class InputProblem(Exception):
@@ -44,8 +50,14 @@ def normalise_text(text: str, *, field: str = "text") -> str:
                 field,
             ) from None
         text = _CONTROLS.sub(" ", unicodedata.normalize("NFC", text))
+        # Only here: a printable-ASCII text is all visible characters or whitespace, which strip() sees.
+        # all() stops at the first visible character, so an ordinary text costs one lookup.
+        if all(unicodedata.category(ch) in _INVISIBLE_CATEGORIES for ch in text):
+            text = ""
     if not text.strip():
-        raise InputProblem(422, "empty_text", "is empty (or only whitespace and control characters)", field)
+        raise InputProblem(
+            422, "empty_text", "is empty (or only whitespace, control and format characters)", field
+        )
     return text
 
 

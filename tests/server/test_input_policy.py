@@ -29,6 +29,8 @@ CONTROLS = (
     | {chr(0x7F)}
     | {chr(i) for i in range(0x80, 0xA0)}
 )
+# Whitespace, control and format characters: a text of nothing else has nothing for the model to read.
+INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 
 
 @given(st.text())
@@ -39,6 +41,7 @@ def test_normalise_either_cleans_or_rejects_with_422(text: str) -> None:
         assert problem.status == 422 and problem.code in {"empty_text", "invalid_unicode"}
         return
     assert out.strip()
+    assert any(unicodedata.category(ch) not in INVISIBLE for ch in out)
     assert unicodedata.is_normalized("NFC", out)
     assert not (set(out) & CONTROLS)
     out.encode("utf-8")  # valid Unicode
@@ -62,6 +65,31 @@ def test_specific_cases() -> None:
     with pytest.raises(InputProblem) as info:
         normalise_text("\x01\x02 ", field="items[2].text")
     assert info.value.code == "empty_text" and info.value.field == "items[2].text"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\u200b\u200b",  # zero-width spaces
+        "\ufeff",  # a BOM left by an upstream decoder
+        "\u202e\u2066",  # bidi controls
+        "\u00ad\u00ad",  # soft hyphens
+        "\u200d \u2060\u3000",  # joiner, word joiner, ideographic space
+        "\u2028\u2029\x85",  # line/paragraph separators, NEL
+    ],
+)
+def test_a_text_of_only_invisible_characters_is_empty(text: str) -> None:
+    """The tokenizer drops format characters (Cf) as it drops whitespace: before, such a text was
+    classified from [CLS][SEP] alone (200, counted in the prediction series, kept for /feedback)."""
+    with pytest.raises(InputProblem) as info:
+        normalise_text(text, field="items[0].text")
+    assert (info.value.status, info.value.code, info.value.field) == (422, "empty_text", "items[0].text")
+
+
+def test_a_visible_character_among_format_characters_keeps_the_text() -> None:
+    # Emoji with joiners, a word with a soft hyphen: the format characters are kept as they are.
+    assert normalise_text("\U0001f469\u200d\U0001f4bb") == "\U0001f469\u200d\U0001f4bb"
+    assert normalise_text("\u200bgreat\u00adfilm") == "\u200bgreat\u00adfilm"
 
 
 def test_limits() -> None:
