@@ -113,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    # Its warnings (a load report of weights it could not match, say) through our JSON handler: its own
+    # handler writes multi-line plain text into the stream of JSON lines that log collectors parse.
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
     refused: list[str] = []
     holder: list[Any] = []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -118,3 +119,37 @@ def test_port_taken_says_why_for_each_cause() -> None:
     assert port_taken("127.0.0.1", 0) is None
     assert "does not resolve" in (port_taken("no-such-host.invalid", 8080) or "")
     assert "check HOST" in (port_taken("192.0.2.1", 8080) or "")  # TEST-NET-1: no local interface has it
+
+
+def test_a_model_without_a_trained_head_is_refused_in_json_lines_and_one_last_line(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """transformers reports the weights it could not load as a multi-line table through its own log
+    handler; the server routes it through its JSON handler, so every line but the last (the one-line
+    refusal for a human) is JSON a log collector can parse."""
+    from transformers import AutoModel, AutoTokenizer
+
+    headless = tmp_path / "encoder-only"
+    AutoModel.from_pretrained(tiny_model_dir).save_pretrained(headless)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(headless)
+    env = {
+        **os.environ,
+        "MODEL_PATH": str(headless),
+        "HOST": "127.0.0.1",
+        "PORT": str(_free_port()),
+        "FEEDBACK_DB_PATH": str(tmp_path / "fb.sqlite3"),
+        "LOG_LEVEL": "WARNING",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "inference_server.main"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=READY_TIMEOUT_S,
+    )
+    assert done.returncode == EXIT_REFUSED, done.stderr
+    *logged, last = done.stderr.strip().splitlines()
+    assert last.startswith(f"sentiment-server: refusing to serve: MODEL_PATH={headless}: ")
+    assert "classifier" in last
+    records = [json.loads(line) for line in logged]  # raises on any plain-text line
+    assert any("LOAD REPORT" in str(r.get("msg")) for r in records), records
