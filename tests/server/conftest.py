@@ -67,6 +67,15 @@ def wait_phase(app: FastAPI, *, timeout_s: float = READY_TIMEOUT_S) -> Phase:
     return Phase(state.phase)
 
 
+def wait_until(condition: Callable[[], bool], what: str, *, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Wait on state, not on a duration; the bound only turns a broken server into a failure naming
+    what never happened instead of a CI job that hangs."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
 async def await_phase(app: FastAPI, *, timeout_s: float = READY_TIMEOUT_S) -> Phase:
     state = app.state.ctx.state
     deadline = time.monotonic() + timeout_s

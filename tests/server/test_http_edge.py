@@ -10,7 +10,6 @@ import logging
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -31,7 +30,7 @@ from inference_server.serving.limits import PathPolicy, RequestGuard, _StalledBo
 from inference_server.serving.ratelimit import RateLimiter
 from inference_server.settings import ServerSettings
 
-from .conftest import READY_TIMEOUT_S, wait_phase
+from .conftest import READY_TIMEOUT_S, wait_phase, wait_until
 
 MakeSettings = Callable[..., ServerSettings]
 GUARDED = (c.Path.INFER, c.Path.INFER_BATCH, c.Path.EXPLAIN, c.Path.FEEDBACK)
@@ -44,19 +43,11 @@ def error_of(response: Any) -> dict[str, Any]:
     return error
 
 
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Wait on state, not on a duration; the bound only keeps a broken test from hanging."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
-
-
 def _start(server: DrainingServer, app: FastAPI) -> tuple[threading.Thread, int]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert wait_phase(app) is Phase.READY, app.state.ctx.state.error
-    _wait_until(lambda: server.started, "uvicorn listens")
+    wait_until(lambda: server.started, "uvicorn listens")
     port: int = server.servers[0].sockets[0].getsockname()[1]
     return thread, port
 
@@ -120,14 +111,14 @@ def test_a_body_still_arriving_when_the_grace_ends_gets_503_draining_as_json(
             b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
         )
         sock.sendall(head % len(body) + body[:5])  # the rest never comes
-        _wait_until(lambda: app.state.ctx.state.in_flight == 1, "the request reaches the app")
+        wait_until(lambda: app.state.ctx.state.in_flight == 1, "the request reaches the app")
         server.handle_exit(signal.SIGTERM, None)
         answer = _read_all(sock)
     status_line, headers, payload = _split(answer)
     assert status_line.startswith(b"HTTP/1.1 503"), answer
     assert b"content-type: application/json" in headers and b"retry-after: 1" in headers
     assert b'"code":"draining"' in payload
-    _wait_until(lambda: _requests_total(registry, c.Path.INFER, 503) is not None, "the 503 is counted")
+    wait_until(lambda: _requests_total(registry, c.Path.INFER, 503) is not None, "the 503 is counted")
     assert _requests_total(registry, c.Path.INFER, 503) == 1.0
     assert _requests_total(registry, c.Path.INFER, 500) is None
 

@@ -6,7 +6,6 @@ import json
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +22,7 @@ from inference_server.serving.drain import build_server
 from inference_server.serving.lifecycle import Phase
 from inference_server.settings import ServerSettings
 
-from .conftest import Spans, serving, wait_phase
+from .conftest import Spans, serving, wait_phase, wait_until
 
 MakeSettings = Callable[..., ServerSettings]
 
@@ -159,8 +158,7 @@ def test_sigterm_drains_requests_in_flight_over_real_http(make_settings: MakeSet
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert wait_phase(app) is Phase.READY
-    while not server.started:
-        time.sleep(0.01)
+    wait_until(lambda: server.started, "uvicorn listens")
     port = server.servers[0].sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     release = threading.Event()
@@ -178,8 +176,8 @@ def test_sigterm_drains_requests_in_flight_over_real_http(make_settings: MakeSet
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(post, i) for i in range(4)]
-        while app.state.ctx.state.in_flight < 4:  # all four accepted, bodies half sent
-            time.sleep(0.01)
+        # all four accepted, bodies half sent
+        wait_until(lambda: app.state.ctx.state.in_flight >= 4, "four requests are in flight")
         server.handle_exit(signal.SIGTERM, None)
         assert app.state.ctx.state.phase is Phase.DRAINING
         release.set()

@@ -32,7 +32,7 @@ from inference_server.serving.drain import DrainingServer, build_server
 from inference_server.serving.lifecycle import Deadline, Phase, ServerState, bring_up, in_daemon_thread
 from inference_server.settings import ServerSettings
 
-from .conftest import serving, wait_phase
+from .conftest import serving, wait_phase, wait_until
 
 MakeSettings = Callable[..., ServerSettings]
 
@@ -49,8 +49,7 @@ def _start(server: DrainingServer, app: FastAPI) -> tuple[threading.Thread, str]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert wait_phase(app) is Phase.READY, app.state.ctx.state.error
-    while not server.started:
-        time.sleep(0.01)
+    wait_until(lambda: server.started, "uvicorn listens")
     port = server.servers[0].sockets[0].getsockname()[1]
     return thread, f"http://127.0.0.1:{port}"
 
@@ -96,8 +95,8 @@ def test_requests_still_waiting_at_the_deadline_get_503_draining_and_the_deadlin
         first = pool.submit(post, 0)
         assert entered.wait(60)
         others = [pool.submit(post, i) for i in (1, 2)]
-        while batcher.pending < 3:  # two queued behind the pass in progress
-            time.sleep(0.01)
+        # two queued behind the pass in progress
+        wait_until(lambda: batcher.pending >= 3, "two requests queue behind the pass in progress")
         before = time.monotonic()
         server.handle_exit(signal.SIGTERM, None)
         after = time.monotonic()
