@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -53,6 +54,39 @@ def test_psi_is_zero_for_equal_shares_and_grows_with_shift() -> None:
     assert 0 < small < 0.05 < 0.1 < large
     # An empty bin costs a finite amount instead of infinity.
     assert np.isfinite(drift.psi([50, 50, 0], [40, 40, 20]))
+
+
+def test_psi_is_the_documented_formula() -> None:
+    """PSI = Σ (a − e)·ln(a / e) over the shares, each share floored at 1e-4 (docs/reports/drift.md);
+    an order-only check passes for a PSI in another log base, which moves every verdict."""
+    by_hand = (0.2 - 0.5) * math.log(0.2 / 0.5) + (0.8 - 0.5) * math.log(0.8 / 0.5)  # 0.3·ln 2.5 + 0.3·ln 1.6
+    assert drift.psi([50, 50], [20, 80]) == pytest.approx(by_hand, rel=1e-12)
+    assert drift.psi([50, 50], [20, 80]) == pytest.approx(0.415888, abs=1e-6)
+    # Counts are turned into shares: any scale of the same counts gives the same PSI.
+    assert drift.psi([5, 5], [2, 8]) == pytest.approx(drift.psi([500, 500], [200, 800]), rel=1e-12)
+    floored = 2 * (0.4 - 0.5) * math.log(0.4 / 0.5) + (0.2 - 1e-4) * math.log(0.2 / 1e-4)
+    assert drift.psi([50, 50, 0], [40, 40, 20]) == pytest.approx(floored, rel=1e-12)
+
+
+def test_exact_ks_is_the_largest_cdf_gap_and_matches_scipy() -> None:
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(3)
+    a = np.round(np.clip(rng.beta(8, 2, 700), 0, 1), 3)  # rounded: ties, as real confidences have
+    b = np.round(np.clip(rng.beta(6, 2, 900), 0, 1), 3)
+    d, p = drift.ks_samples(a, b)
+    grid = np.union1d(a, b)
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / a.size
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / b.size
+    assert d == pytest.approx(float(np.max(np.abs(cdf_a - cdf_b))), abs=1e-12)
+    reference = ks_2samp(a, b)
+    assert (d, p) == pytest.approx((float(reference.statistic), float(reference.pvalue)), rel=1e-9)
+    report = drift.compare_windows(
+        drift.window_from_predictions(["positive"] * a.size, a.tolist()),
+        drift.window_from_predictions(["positive"] * b.size, b.tolist()),
+    )
+    assert report.statistics["ks_statistic"] == pytest.approx(d, abs=1e-12)
+    assert report.statistics["ks_exact"] == 1.0
 
 
 def test_psi_needs_observations_on_both_sides() -> None:

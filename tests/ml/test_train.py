@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ def test_train_writes_a_model_dir_and_is_deterministic(
     for key in ("macro_f1", "accuracy", "ece", "nll", "confusion_matrix"):
         assert ma[key] == mb[key], key
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    # ... and training did train: the head and most tensors moved away from the encoder's.
+    from safetensors.torch import load_file
+
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(a / "model.safetensors")
+    moved = [k for k in before if k in after and not bool((before[k] == after[k]).all())]
+    assert "classifier.weight" in moved and len(moved) > len(before) // 2, moved
 
     config = json.loads((a / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
@@ -54,6 +61,43 @@ def test_train_writes_a_model_dir_and_is_deterministic(
     from inference_server.runtime.model import load_model
 
     assert load_model(a).labels == ("negative", "positive")
+
+
+def _headless_encoder(model_dir: Path, out: Path) -> Path:
+    """The tiny model's encoder saved through AutoModel: a directory without any classifier.* tensor, as
+    the real MiniLM encoder is, so train must initialise a fresh (seeded) head."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
+    for tokenizer_file in model_dir.iterdir():
+        if tokenizer_file.name not in {"config.json", "model.safetensors"} and tokenizer_file.is_file():
+            shutil.copy2(tokenizer_file, out / tokenizer_file.name)
+    keys = list(load_file(out / "model.safetensors"))
+    assert keys and not [k for k in keys if "classifier" in k], keys
+    return out
+
+
+def test_a_fresh_head_is_trained_and_the_seed_changes_the_weights(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_root: Path, tiny_dataset: str
+) -> None:
+    """From an encoder without a head (the real build's path): the encoder's tensors move, the fresh head
+    learns (chance is 0.5 macro-F1), and another seed gives other weights (head init, batch order,
+    dropout)."""
+    from safetensors.torch import load_file
+
+    encoder = _headless_encoder(tiny_model_dir, tmp_path / "encoder")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(a, encoder, tiny_data_root, tiny_dataset, "--seed", "7") == 0
+    assert _train(b, encoder, tiny_data_root, tiny_dataset, "--seed", "8") == 0
+    before, after = load_file(encoder / "model.safetensors"), load_file(a / "model.safetensors")
+    assert {"classifier.weight", "classifier.bias"} <= set(after)
+    moved = [k for k, v in before.items() if not bool((v == after[f"bert.{k}"]).all())]
+    assert len(moved) > len(before) // 2, moved
+    assert json.loads((a / "metrics.json").read_text())["macro_f1"] > 0.7
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert not bool((wa["classifier.weight"] == wb["classifier.weight"]).all())
+    assert (a / "model.safetensors").read_bytes() != (b / "model.safetensors").read_bytes()
 
 
 def test_train_refuses_a_non_empty_output_and_bad_settings(

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_server import contract as c
 from inference_server.app import create_app
+from inference_server.serving.engine import InferenceEngine
+from inference_server.serving.lifecycle import Phase
 
 from .conftest import serving, settings_for
 
@@ -30,13 +34,30 @@ def _value(
 
 
 async def test_a_ready_pod_exports_its_label_series_at_zero_and_no_warm_up_passes(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Counter series appeared on first use, and Prometheus takes a new series' first sample as its start:
     # a new pod's first predictions and feedback were never seen by increase(). The warm-up's six
     # passes were counted as batches and forward passes no user sent.
     app = create_app(settings_for(tiny_model_dir, tmp_path, ENABLE_BATCH="1", enable_explainability="1"))
+    # Every forward pass, with the server's phase when it ran: the warm-up must really run (not only go
+    # uncounted) before READY, over a batch and over an input as long as MAX_TOKENS allows.
+    passes: list[tuple[Phase, int, int]] = []
+    real_forward = InferenceEngine._forward
+
+    def spy(engine: InferenceEngine, batch: list[list[int]]) -> np.ndarray:
+        passes.append((Phase(app.state.ctx.state.phase), len(batch), max(len(ids) for ids in batch)))
+        return real_forward(engine, batch)
+
+    monkeypatch.setattr(InferenceEngine, "_forward", spy)
     async with serving(app) as client:
+        max_tokens = app.state.ctx.state.engine.model.max_tokens
+        assert passes, "no forward pass before READY: the warm-up did not run"
+        assert {phase for phase, _, _ in passes} == {Phase.WARMING}, passes
+        assert max(rows for _, rows, _ in passes) > 1, passes  # a batched pass
+        assert min(length for _, _, length in passes) <= 3, passes  # a short input alone or batched
+        assert max(length for _, _, length in passes) == max_tokens, passes  # the longest input
+        warm_passes = len(passes)
         at_ready = _samples((await client.get(c.Path.METRICS)).text)
         labels = app.state.ctx.state.engine.labels
         for label in labels:
@@ -59,3 +80,4 @@ async def test_a_ready_pod_exports_its_label_series_at_zero_and_no_warm_up_passe
         assert _value(after, c.METRIC_PREDICTIONS_SERIES, label=answer["label"]) == 1.0
         assert _value(after, f"{c.METRIC_BATCH_SIZE}_count") == 1.0
         assert _value(after, f"{c.METRIC_FORWARD_LATENCY}_count") == 1.0
+        assert [phase for phase, _, _ in passes[warm_passes:]] == [Phase.READY]  # the user's one pass
