@@ -138,7 +138,7 @@ async def _saliency(
 
 
 def _documented_errors() -> dict[int | str, dict[str, object]]:
-    responses = error_responses(413, 415, 422, 429, 503)
+    responses = error_responses(408, 413, 415, 422, 429, 503)
     responses[429] = {
         **responses[429],
         "description": "Rate limit of this endpoint exceeded (`rate_limited`), or "

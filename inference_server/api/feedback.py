@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["feedback"])
 STORE_RETRY_AFTER_S = 1
 _RESPONSES = {
-    **error_responses(404, 413, 415, 422, 429, 503),
+    **error_responses(404, 408, 413, 415, 422, 429, 503),
     409: {"model": ErrorResponse, "description": "Feedback for this request id is being recorded right now"},
     503: {
         **error_responses(503)[503],

@@ -50,7 +50,7 @@ def check_unique_request_ids(request_ids: Sequence[str | None]) -> None:
 @router.post(
     Path.INFER,
     response_model=InferResponse,
-    responses=error_responses(413, 415, 422, 429, 503),
+    responses=error_responses(408, 413, 415, 422, 429, 503),
     summary="Classify one text",
 )
 async def infer(
@@ -75,7 +75,7 @@ async def infer(
 @batch_router.post(
     Path.INFER_BATCH,
     response_model=BatchResponse,
-    responses=error_responses(413, 415, 422, 429, 503),
+    responses=error_responses(408, 413, 415, 422, 429, 503),
     summary="Classify several texts; results in input order",
 )
 async def infer_batch(

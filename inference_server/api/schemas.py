@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inference_server.contract import FeedbackOutcome
 from inference_server.runtime.saliency import MAX_STEPS
+from inference_server.serving.limits import BODY_IDLE_TIMEOUT_S
 
 RequestId = Annotated[
     str,
@@ -128,6 +129,8 @@ class ReadyResponse(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     """OpenAPI `responses=` for the documented error statuses of an endpoint."""
     text = {
+        408: f"No part of the body arrived for {BODY_IDLE_TIMEOUT_S:g} s (request_timeout); the connection "
+        "is closed",
         413: "Body over MAX_BODY_BYTES, text over MAX_TOKENS tokens, or too many batch items",
         415: "Content-Type is not application/json",
         422: "Malformed JSON, schema violation, empty text or invalid Unicode (the field is named)",

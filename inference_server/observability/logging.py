@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -11,16 +12,22 @@ import orjson
 
 INFERENCE_LOGGER = "inference_server.inference"
 _inference_log = logging.getLogger(INFERENCE_LOGGER)
+# Terminal colour and cursor codes (CSI sequences) that libraries write for a terminal, e.g. the bold
+# title of transformers' load report: noise in a log collector.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if "\x1b" in msg:
+            msg = _ANSI_ESCAPE.sub("", msg)
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": msg,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -34,6 +41,9 @@ def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stderr for the whole process (uvicorn's loggers included)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    # On the handler too: a record propagated from a library logger with a level of its own (transformers
+    # sets WARNING) is checked against the handlers' levels only, not the root logger's.
+    handler.setLevel(level)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -212,12 +212,14 @@ def load_model(
     model.eval()
     labels = labels_from_config(model.config)
     rows = int(model.get_input_embeddings().num_embeddings)
-    if len(tokenizer) > rows:
-        # A token id past the table fails the whole forward pass of every text batched with it.
+    # A token id past the table fails the whole forward pass of every text batched with it. The largest
+    # id, not the count of tokens: a vocabulary with a gap has few tokens and an id past the table.
+    top_token, top_id = max(tokenizer.get_vocab().items(), key=lambda kv: kv[1], default=("", -1))
+    if top_id >= rows:
         raise ModelLoadError(
-            f"MODEL_PATH={root}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table "
-            f"only {rows} rows (tokens added without resize_token_embeddings?): resize the embeddings and "
-            "save the model again, or use the tokenizer it was trained with"
+            f"MODEL_PATH={root}: the tokenizer gives {top_token!r} the id {top_id} but the model's embedding "
+            f"table has only {rows} rows (ids 0-{rows - 1}; tokens added without resize_token_embeddings?): "
+            "resize the embeddings and save the model again, or use the tokenizer it was trained with"
         )
     pad_id = padding_id(tokenizer.pad_token_id, getattr(model.config, "pad_token_id", None))
     max_tokens = token_limit(max_tokens, tokenizer, model.config, position_offset=position_offset(model))

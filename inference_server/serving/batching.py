@@ -2,7 +2,7 @@
 
 Requests submit their token ids and await a future. A collector task takes whatever is queued, waits
 up to ``wait_ms`` for companions only while other inference requests are known to be on their way
-(their HTTP request has started but not yet been submitted: see ``Ticket``), then plans batches bounded
+(their body has arrived but has not been submitted yet: see ``Ticket``), then plans batches bounded
 by count and by padded tokens, grouped by length so that short texts are not padded to long ones, and
 runs them one at a time. A lone request is therefore never delayed, and under load batches form by
 themselves while a batch runs.
@@ -142,10 +142,12 @@ def _balanced_bounds(lengths: Sequence[int], k: int, least: int) -> list[int]:
 
 
 class Ticket:
-    """An inference request that has started (its body may still be arriving) and will submit work.
+    """An inference request whose body has arrived but has not been submitted yet, and will submit work.
 
-    The collector waits for companions only while tickets are outstanding. Release is idempotent; the
-    HTTP layer releases in a ``finally`` so that a request that fails validation never holds a batch.
+    Taken by the HTTP guard once the whole body is in (serving/limits.py), never while it is still
+    arriving: a stalled upload must not keep the collector waiting for companions. The collector waits
+    for companions only while tickets are outstanding. Release is idempotent; the HTTP layer releases in
+    a ``finally`` so that a request that fails validation never holds a batch.
     """
 
     __slots__ = ("_batcher", "_open")
@@ -487,9 +489,12 @@ class MicroBatcher:
         finally:
             self._taken = []
 
-    async def _forward(self, loop: asyncio.AbstractEventLoop, ids: list[list[int]]) -> Logits:
+    async def _forward(
+        self, loop: asyncio.AbstractEventLoop, ids: list[list[int]], *, quiet: bool = False
+    ) -> Logits:
         """One batch (the caller holds ``_forward_lock``): a single pass on all threads, or slices side
-        by side on the workers (see the module docstring); logits rows in the order of ``ids``."""
+        by side on the workers (see the module docstring); logits rows in the order of ``ids``. A
+        failure is logged with its traceback unless ``quiet`` (a retry, which logs it in one line)."""
         slices = split_batch([len(x) for x in ids], self.workers, min_slice=self.min_slice)
         threads = self.threads if len(slices) == 1 else self.threads_per_worker
         # Every slice finishes before this returns, even when one fails: the lock must cover all the work
@@ -503,7 +508,8 @@ class MicroBatcher:
         )
         failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
         if failed is not None:
-            log.error("forward pass failed for a batch of %d", len(ids), exc_info=failed)
+            if not quiet:
+                log.error("forward pass failed for a batch of %d", len(ids), exc_info=failed)
             raise failed
         done = [o for o in outcomes if not isinstance(o, BaseException)]
         for (_, seconds), part in zip(done, slices, strict=True):
@@ -539,13 +545,64 @@ class MicroBatcher:
                 if not batch[0].future.done():
                     batch[0].future.set_exception(exc)
                 return
-            # One text can fail a whole pass (a token id the model's table lacks, a pathological
-            # input): its companions must not fail with it. Each text again, alone: only what fails
-            # alone fails. This costs passes only after a failure, never on the way to an answer.
-            for it in batch:
-                if not it.future.done():
-                    await self._run(loop, [it])
+            await self._retry_alone(loop, batch, exc)
             return
         for row, it in enumerate(batch):
             if not it.future.done():
                 it.future.set_result(logits[row])
+
+    async def _retry_alone(self, loop: asyncio.AbstractEventLoop, batch: list[_Item], exc: Exception) -> None:
+        """After ``batch`` failed its pass with ``exc``: each text again, alone, and only what fails alone
+        fails. One text can fail a whole pass (a token id the model's table lacks, a pathological input)
+        and its companions must not fail with it. This costs passes only after a failure, never on the
+        way to an answer. When the first two texts both fail alone as the batch did, the failure is not
+        one text's (a broken runtime, memory exhausted): the rest fail with ``exc`` without a pass each,
+        instead of n more failed passes holding the forward lock. (Two culprits at the head of a batch
+        would fail their companions: the price of not paying n passes per batch when nothing can pass.)
+        Logged in one line, without tracebacks: the batch's own failure has logged one."""
+        tried = failed = skipped = 0
+        first: Exception | None = None
+        systemic = False
+        for it in batch:
+            if it.future.done():  # its client left, or `abandon` answered it, during earlier retries
+                continue
+            if systemic:
+                it.future.set_exception(exc)
+                skipped += 1
+                continue
+            tried += 1
+            try:
+                logits = await self._forward(loop, [it.ids], quiet=True)
+            except Exception as lone:
+                failed += 1
+                if first is None:
+                    first = lone
+                if not it.future.done():
+                    it.future.set_exception(lone)
+                systemic = tried == failed == 2 and type(first) is type(lone) is type(exc)
+            else:
+                if not it.future.done():
+                    it.future.set_result(logits[0])
+        if skipped:
+            log.error(
+                "a batch of %d failed its pass; its first 2 texts failed alone as well (%r): %d others "
+                "failed without a pass",
+                len(batch),
+                first,
+                skipped,
+            )
+        elif failed:
+            log.error(
+                "a batch of %d failed its pass; %d of %d texts failed alone (%r)",
+                len(batch),
+                failed,
+                tried,
+                first,
+            )
+        else:
+            log.warning(
+                "a batch of %d failed its pass; each of its %d texts passed alone (%r)",
+                len(batch),
+                tried,
+                exc,
+            )

@@ -38,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from inference_server.api.middleware import OTHER_ENDPOINT
 from inference_server.api.responses import error_bytes
 from inference_server.serving.lifecycle import Deadline
+from inference_server.serving.limits import BAD_FRAMING_MESSAGE, BAD_FRAMING_STATE
 from inference_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ UVICORN_CLOSE_PAUSE_S = 0.1
 # At least this long for uvicorn's wait, so that it looks once: with no request left it then returns at
 # once instead of logging that it cancels zero tasks.
 MIN_GRACEFUL_WAIT_S = 0.01
-BAD_FRAMING_MESSAGE = (
-    "malformed HTTP/1.1 request: its request line or headers cannot be parsed (e.g. a Content-Length "
-    "that is not one number, Transfer-Encoding with Content-Length, an unknown method)"
-)
 
 
 class DrainingServer(uvicorn.Server):
@@ -134,7 +131,10 @@ def json_errors_protocol(on_bad_request: Callable[[], None]) -> type[HttpToolsPr
     Malformed framing (Content-Length not a number or repeated, Transfer-Encoding with Content-Length
     or unknown, a bad chunk size, an unknown method, an HTTP/2 preface) is refused by uvicorn's parser
     before the app sees anything, so neither the guard nor the metrics middleware can answer or count
-    it. ``send_400_response`` is not public uvicorn API: tests/server/test_http_edge.py pins it."""
+    it: ``on_bad_request`` counts it. One exception: a body whose framing breaks off after the app has
+    the request (a bad chunk size after a good chunk) is flagged in that request's scope state and
+    counted once by the guard, as a 400 on its path, rather than here and as a 499 there.
+    ``send_400_response`` is not public uvicorn API: tests/server/test_http_edge.py pins it."""
 
     class JsonErrorsHttpTools(HttpToolsProtocol):
         def send_400_response(self, msg: str) -> None:
@@ -146,6 +146,12 @@ def json_errors_protocol(on_bad_request: Callable[[], None]) -> type[HttpToolsPr
             head.append(b"connection: close\r\n\r\n")  # the stream cannot be read past this point
             self.transport.write(b"".join(head) + body)
             self.transport.close()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and cycle.more_body:
+                # The body of a request the app is already handling broke off (a bad chunk size): its
+                # read now ends as a disconnect, and the guard counts it once, as this 400 on its path.
+                cycle.scope.setdefault("state", {})[BAD_FRAMING_STATE] = True
+                return
             # Counted with the unknown paths (the request line may not even have been read): no latency
             # to speak of, so 0 s in the latency histogram.
             on_bad_request()

@@ -30,6 +30,16 @@ JSON_MEDIA_TYPES = frozenset({"application/json"})
 # upload, and the largest body (MAX_BODY_BYTES, 256 KiB) arrives in many chunks even over a poor mobile
 # link. Not a setting: nobody should need to tune it (a new variable would be a contract change).
 BODY_IDLE_TIMEOUT_S = 30.0
+# What the server answers a request its HTTP parser cannot read (serving/drain.json_errors_protocol).
+BAD_FRAMING_MESSAGE = (
+    "malformed HTTP/1.1 request: its request line, headers or body framing cannot be parsed (e.g. a "
+    "Content-Length that is not one number, Transfer-Encoding with Content-Length, an unknown method, "
+    "a chunk size that is not hexadecimal)"
+)
+# Set in scope["state"] by the HTTP protocol when it refused the framing of a body this guard is still
+# reading (drain.json_errors_protocol): the read then ends as a disconnect, which is the server's 400,
+# not the client's 499.
+BAD_FRAMING_STATE = "bad_framing"
 
 
 @dataclass
@@ -191,8 +201,13 @@ class RequestGuard:
         except ClientGone:
             # Nobody is left to answer, and a partial body must not reach the model. The status is
             # only for the metrics: nginx's 499, a client error rather than the 500 they would
-            # otherwise record (the rollout's error rate counts 5xx).
-            await _send_error(send, 499, "client_closed_request", "client disconnected mid-body")
+            # otherwise record (the rollout's error rate counts 5xx); or 400 when the server itself
+            # closed the connection on a body it could not parse (a bad chunk size), which the protocol
+            # answered already and left to this one observation.
+            if scope.get("state", {}).get(BAD_FRAMING_STATE):
+                await _send_error(send, 400, "bad_request", BAD_FRAMING_MESSAGE, field="body")
+            else:
+                await _send_error(send, 499, "client_closed_request", "client disconnected mid-body")
             return
         except BodyStalled:
             await _send_error(

@@ -609,6 +609,16 @@ def test_health_ready_and_docs(api: TestClient) -> None:
         assert "Retry-After" in paths[c.Path.INFER]["post"]["responses"][status]["headers"]
 
 
+def test_every_guarded_post_documents_its_408(api: TestClient) -> None:
+    """The guard answers 408 request_timeout on every guarded POST whose body stops arriving: the
+    OpenAPI document says so, beside the other errors the guard answers."""
+    paths = api.app.openapi()["paths"]  # type: ignore[attr-defined]
+    for path in (c.Path.INFER, c.Path.INFER_BATCH, c.Path.EXPLAIN, c.Path.FEEDBACK):
+        responses = paths[path]["post"]["responses"]
+        assert {"408", "413", "415", "429"} <= set(responses), (path, sorted(responses))
+        assert "request_timeout" in responses["408"]["description"]
+
+
 def test_a_bug_is_a_logged_json_500(
     api: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import numpy as np
@@ -349,6 +350,58 @@ async def test_a_text_that_fails_its_pass_fails_alone_not_its_companions() -> No
     # The batcher goes on: the next batch is answered in one pass.
     assert [r.tolist() for r in await batcher.submit_many([[3], [4]])] == [[3, 1], [4, 1]]
     assert calls[-1] == 2
+    await batcher.stop()
+
+
+async def test_a_failure_of_every_text_is_not_retried_text_by_text(caplog: pytest.LogCaptureFixture) -> None:
+    """A pass that fails whatever it is given (a broken runtime, memory exhausted) cost a batch of n
+    n + 1 failed passes and n + 1 tracebacks, all holding the forward lock. When the first two texts
+    fail alone as the batch did, the rest fail without passes: one traceback and one retry line."""
+    sizes: list[int] = []
+
+    def model(batch: list[list[int]]) -> np.ndarray:
+        sizes.append(len(batch))
+        raise RuntimeError("bad allocation")
+
+    batcher = MicroBatcher(model, max_batch_size=32, wait_ms=60_000)
+    batcher.start()
+    ticket = batcher.ticket()  # hold the batch open until all sixteen have queued
+    tasks = [asyncio.create_task(batcher.submit([1, 2, 3 + i])) for i in range(16)]
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.INFO, logger="inference_server.serving.batching"):
+        ticket.release()
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert all(isinstance(o, RuntimeError) for o in outcomes), outcomes
+    assert sizes == [16, 1, 1]
+    records = [r for r in caplog.records if r.name == "inference_server.serving.batching"]
+    assert len(records) == 2, [r.getMessage() for r in records]
+    assert [r.exc_info is not None for r in records] == [True, False]  # the batch's traceback only
+    assert "14 others failed without a pass" in records[1].getMessage()
+    await batcher.stop()
+
+
+async def test_a_retry_logs_one_line_without_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    """A culprit's lone failure inside a retry is told in the retry's one line, not with a traceback
+    of its own besides the batch's."""
+
+    def model(batch: list[list[int]]) -> np.ndarray:
+        if [666] in batch:
+            raise IndexError("index out of range in self")
+        return np.array([[sum(ids), len(ids)] for ids in batch], dtype=np.float32)
+
+    batcher = MicroBatcher(model, max_batch_size=8, wait_ms=60_000)
+    batcher.start()
+    ticket = batcher.ticket()
+    tasks = [asyncio.create_task(batcher.submit(ids)) for ids in ([666], [1], [2], [3])]
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.INFO, logger="inference_server.serving.batching"):
+        ticket.release()
+        poison, *good = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert isinstance(poison, IndexError)
+    assert [g.tolist() for g in good] == [[1, 1], [2, 1], [3, 1]]  # type: ignore[union-attr]
+    records = [r for r in caplog.records if r.name == "inference_server.serving.batching"]
+    assert [r.exc_info is not None for r in records] == [True, False], [r.getMessage() for r in records]
+    assert "1 of 4 texts failed alone" in records[1].getMessage()
     await batcher.stop()
 
 

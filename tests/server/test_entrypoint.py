@@ -121,12 +121,11 @@ def test_port_taken_says_why_for_each_cause() -> None:
     assert "check HOST" in (port_taken("192.0.2.1", 8080) or "")  # TEST-NET-1: no local interface has it
 
 
-def test_a_model_without_a_trained_head_is_refused_in_json_lines_and_one_last_line(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """transformers reports the weights it could not load as a multi-line table through its own log
-    handler; the server routes it through its JSON handler, so every line but the last (the one-line
-    refusal for a human) is JSON a log collector can parse."""
+def _serve_a_model_without_a_trained_head(
+    tiny_model_dir: Path, tmp_path: Path, log_level: str
+) -> tuple[Path, list[dict[str, object]], str]:
+    """sentiment-server on a bare encoder (transformers logs a load report, then the server refuses):
+    the model path, the JSON records before the last line (raises on a plain-text one), the last line."""
     from transformers import AutoModel, AutoTokenizer
 
     headless = tmp_path / "encoder-only"
@@ -138,7 +137,7 @@ def test_a_model_without_a_trained_head_is_refused_in_json_lines_and_one_last_li
         "HOST": "127.0.0.1",
         "PORT": str(_free_port()),
         "FEEDBACK_DB_PATH": str(tmp_path / "fb.sqlite3"),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": log_level,
     }
     done = subprocess.run(
         [sys.executable, "-m", "inference_server.main"],
@@ -149,7 +148,27 @@ def test_a_model_without_a_trained_head_is_refused_in_json_lines_and_one_last_li
     )
     assert done.returncode == EXIT_REFUSED, done.stderr
     *logged, last = done.stderr.strip().splitlines()
+    return headless, [json.loads(line) for line in logged], last
+
+
+def test_a_model_without_a_trained_head_is_refused_in_json_lines_and_one_last_line(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """transformers reports the weights it could not load as a multi-line table through its own log
+    handler; the server routes it through its JSON handler, so every line but the last (the one-line
+    refusal for a human) is JSON a log collector can parse, without the table's terminal colour codes."""
+    headless, records, last = _serve_a_model_without_a_trained_head(tiny_model_dir, tmp_path, "WARNING")
     assert last.startswith(f"sentiment-server: refusing to serve: MODEL_PATH={headless}: ")
     assert "classifier" in last
-    records = [json.loads(line) for line in logged]  # raises on any plain-text line
-    assert any("LOAD REPORT" in str(r.get("msg")) for r in records), records
+    reports = [r for r in records if "LOAD REPORT" in str(r.get("msg"))]
+    assert reports, records
+    assert all("\x1b" not in str(r["msg"]) for r in reports), reports
+
+
+def test_log_level_error_keeps_library_warnings_out(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """LOG_LEVEL applies to the libraries' records routed into the JSON handler as well: transformers'
+    logger has a level of its own (WARNING), which Python checks instead of the root logger's."""
+    headless, records, last = _serve_a_model_without_a_trained_head(tiny_model_dir, tmp_path, "ERROR")
+    assert last.startswith(f"sentiment-server: refusing to serve: MODEL_PATH={headless}: ")
+    assert records and all(r["level"] == "error" for r in records), records
+    assert any("refusing to serve" in str(r["msg"]) for r in records), records

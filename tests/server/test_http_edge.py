@@ -290,6 +290,44 @@ def test_malformed_http_framing_is_answered_in_json_and_counted(
     assert _requests_total(registry, "other", 400) == 1.0
 
 
+def _requests_by_series(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    return {
+        (sample.labels["endpoint"], sample.labels["status_code"]): sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == c.METRIC_REQUESTS_SERIES
+    }
+
+
+def test_a_broken_chunk_in_a_body_is_one_400_in_the_metrics(
+    live: tuple[FastAPI, DrainingServer, CollectorRegistry, int],
+) -> None:
+    """A chunk size that is not hexadecimal after a good chunk: the parser refuses the body the guard is
+    already reading. One request, one observation: the 400 on its path, not also a 499 claiming that the
+    client left (the server closed the connection); the answer names the body framing."""
+    _, _, registry, port = live
+    before = _requests_by_series(registry)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(
+            b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"tex\r\n'
+        )
+        sock.sendall(b"zz\r\nbad\r\n")
+        answer = _read_all(sock)
+    status_line, headers, payload = _split(answer)
+    assert status_line == b"HTTP/1.1 400 Bad Request", answer
+    assert b"content-type: application/json" in headers
+
+    def added() -> dict[tuple[str, str], float]:
+        now = _requests_by_series(registry)
+        return {key: value - before.get(key, 0.0) for key, value in now.items() if value != before.get(key)}
+
+    # The guard's observation comes from the request task, after the protocol answered and closed.
+    wait_until(lambda: any(endpoint == c.Path.INFER for endpoint, _ in added()), "/infer is observed")
+    assert added() == {(c.Path.INFER, "400"): 1.0}
+    assert b"body framing" in payload and b"chunk size" in payload, payload
+
+
 # --- repeated Content-Type ---------------------------------------------------------------------------
 
 

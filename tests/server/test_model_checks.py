@@ -112,19 +112,30 @@ def test_a_model_with_nan_logits_fails_its_warm_up_instead_of_turning_ready(
 
 
 # --- finding 5a: tokenizer larger than the embedding table -----------------------------------------------
+@pytest.mark.parametrize("variant", ["added", "hole"])
 def test_a_tokenizer_with_ids_the_embedding_table_lacks_is_refused(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, variant: str
 ) -> None:
-    """Such a token failed every request batched with it (IndexError inside the shared pass)."""
+    """Such a token failed every request batched with it (IndexError inside the shared pass). ``added``:
+    a token added without resize_token_embeddings (one token more than rows); ``hole``: as many tokens
+    as rows, but one of them with an id past the table (a gap in the vocabulary)."""
     from transformers import AutoTokenizer
 
     model_dir = _copy(tiny_model_dir, tmp_path / "model")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.add_tokens(["zzzboom"])  # and no resize_token_embeddings
-    tokenizer.save_pretrained(model_dir)
-    with pytest.raises(
-        ModelLoadError, match=r"MODEL_PATH=.*tokenizer has \d+ tokens but the model's embedding"
-    ):
+    if variant == "added":
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer.add_tokens(["zzzboom"])  # and no resize_token_embeddings
+        tokenizer.save_pretrained(model_dir)
+        token = "zzzboom"
+    else:
+        data = json.loads((model_dir / "tokenizer.json").read_text())
+        token = next(t for t in data["model"]["vocab"] if t.isalpha() and len(t) > 3)
+        data["model"]["vocab"][token] = 200
+        (model_dir / "tokenizer.json").write_text(json.dumps(data))
+        assert len(AutoTokenizer.from_pretrained(model_dir)) <= 77  # no more tokens than rows
+    refusal = rf"MODEL_PATH=.*tokenizer gives '{token}' the id \d+ but the model's embedding table has only "
+    refusal += "77 rows"
+    with pytest.raises(ModelLoadError, match=refusal):
         load_model(model_dir, version="t")
 
 

@@ -192,3 +192,50 @@ def test_huggingface_download_metadata_is_not_part_of_the_artifact_hash(
     (model_dir / "sub" / ".cache").mkdir(parents=True)  # only the top-level .cache is tool metadata
     (model_dir / "sub" / ".cache" / "weights.bin").write_bytes(b"x")
     assert sha256_of_artifact(model_dir) != before
+
+
+def test_an_artifact_registered_with_the_hash_that_included_its_download_metadata_still_loads(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Releases before the .cache rule hashed .cache/ too: a MODEL_SHA256 (or registry entry) recorded
+    then must not crash-loop the upgraded server on the unchanged artifact. It loads, with one warning
+    giving the new hash to re-register; a hash that matches neither rule is still refused."""
+    import hashlib
+    import logging
+
+    from inference_server.runtime.artifact import sha256_of_artifact
+    from inference_server.runtime.model import ArtifactError
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    meta = model_dir / ".cache" / "huggingface" / "download"
+    meta.mkdir(parents=True)
+    (meta / "model.safetensors.metadata").write_text("abc123\netag\n1764400000.0\n")
+    new = sha256_of_artifact(model_dir)
+    # The previous rule, written out: every file, .cache included, by relative path, size and bytes.
+    digest = hashlib.sha256()
+    for file in sorted(
+        (f for f in model_dir.rglob("*") if f.is_file()), key=lambda f: f.relative_to(model_dir).as_posix()
+    ):
+        rel = file.relative_to(model_dir).as_posix().encode()
+        digest.update(len(rel).to_bytes(4, "big") + rel + file.stat().st_size.to_bytes(8, "big"))
+        digest.update(file.read_bytes())
+    legacy = digest.hexdigest()
+    assert legacy != new
+
+    with caplog.at_level(logging.WARNING, logger="inference_server.runtime.artifact"):
+        model = load_model(model_dir, version="t", expected_sha256="sha256:" + legacy.upper())
+    assert model.sha256 == new
+    legacy_records = [
+        r for r in caplog.records if getattr(r, "fields", {}).get("event") == "artifact_legacy_hash"
+    ]
+    assert len(legacy_records) == 1
+    assert new in legacy_records[0].getMessage()
+    assert "sentiment-ml registry register" in legacy_records[0].getMessage()
+
+    with pytest.raises(ArtifactError, match="refusing to serve it"):
+        load_model(model_dir, version="t", expected_sha256="0" * 64)
+    # Without a .cache/ there is no previous rule to fall back on.
+    shutil.rmtree(model_dir / ".cache")
+    with pytest.raises(ArtifactError, match="refusing to serve it"):
+        load_model(model_dir, version="t", expected_sha256=legacy)
