@@ -9,9 +9,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inference_server.api.responses import error_response
+from inference_server.api.responses import StartTrackingSend, error_response
 from inference_server.serving.batching import DrainingError
 from inference_server.serving.validation import InputProblem
 
@@ -122,18 +122,12 @@ class UnhandledErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = StartTrackingSend(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, tracked)
         except Exception as exc:
             _log_bug(scope, exc)
-            if started:
+            if tracked.started:
                 raise
             response = error_response(500, "internal_error", "internal server error (logged); this is a bug")
             await response(scope, receive, send)

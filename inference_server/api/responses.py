@@ -7,7 +7,23 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+
+class StartTrackingSend:
+    """``send`` that remembers whether the response has started: a middleware that catches an error or a
+    cancellation may answer in JSON only before that (after it, a second start would break the stream)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 class JSONBytes(Response):

@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inference_server.api.responses import error_bytes
+from inference_server.api.responses import StartTrackingSend, error_bytes
 from inference_server.serving.ratelimit import RateLimiter, retry_after_header
 
 JSON_MEDIA_TYPES = frozenset({"application/json"})
@@ -112,15 +112,9 @@ class RequestGuard:
         if policy is None:
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = StartTrackingSend(send)
         try:
-            await self._guarded(scope, receive, tracking, policy)
+            await self._guarded(scope, receive, tracked, policy)
         except asyncio.CancelledError:
             # When the shutdown grace ends, uvicorn cancels every request task still running (one still
             # receiving its body, /feedback waiting on its store thread, a long text tokenizing on a
@@ -129,7 +123,7 @@ class RequestGuard:
             # documented 503 draining instead, unless a response has started (then nothing can be said).
             # uvicorn does not await the tasks it cancels, so returning normally after answering is safe;
             # uncancel() keeps the task's cancellation count honest for anything that runs after us.
-            if started or not self.draining():
+            if tracked.started or not self.draining():
                 raise
             task = asyncio.current_task()
             if task is not None:

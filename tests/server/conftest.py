@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from inference_server.app import create_app
+from inference_server.contract import Path as Path_
 from inference_server.serving.lifecycle import Phase
 from inference_server.settings import ServerSettings, load_settings
 
@@ -74,6 +75,22 @@ def wait_until(condition: Callable[[], bool], what: str, *, timeout_s: float = R
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.01)
+
+
+def wait_ready(port: int, proc: Any) -> httpx.Response | None:
+    """Poll a server process's /readyz until 200, the process exits, or READY_TIMEOUT_S: the last answer
+    (None when it never answered)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    ready = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ready = httpx.get(f"http://127.0.0.1:{port}{Path_.READYZ}", timeout=5)
+            if ready.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return ready
 
 
 async def await_phase(app: FastAPI, *, timeout_s: float = READY_TIMEOUT_S) -> Phase:

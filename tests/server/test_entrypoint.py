@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 from inference_server import contract as c
 from inference_server.main import EXIT_CONFIG, EXIT_REFUSED, main
 
-from .conftest import READY_TIMEOUT_S
+from .conftest import READY_TIMEOUT_S, wait_ready
 
 
 def _free_port() -> int:
@@ -70,16 +69,7 @@ def test_serves_on_host_and_port_and_exits_0_on_sigterm(tiny_model_dir: Path, tm
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        ready = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}{c.Path.READYZ}", timeout=5)
-                if ready.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        ready = wait_ready(port, proc)
         assert ready is not None and ready.status_code == 200, (
             proc.stdout.read() if proc.poll() is not None else ""
         )

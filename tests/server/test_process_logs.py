@@ -10,14 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from inference_server import contract as c
 
-from .conftest import READY_TIMEOUT_S
+from .conftest import wait_ready
 
 ROOT = Path(__file__).parents[2]
 
@@ -51,16 +50,7 @@ def test_the_process_logs_json_lines_and_one_inference_line_without_the_text(
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
         )
         try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            ready = None
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    ready = httpx.get(f"http://127.0.0.1:{port}{c.Path.READYZ}", timeout=5)
-                    if ready.status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
+            ready = wait_ready(port, proc)
             assert ready is not None and ready.status_code == 200, stderr_path.read_text()[-3000:]
             r = httpx.post(
                 f"http://127.0.0.1:{port}{c.Path.INFER}",
