@@ -242,11 +242,28 @@ class InferenceEngine:
                 rows += await asyncio.gather(*(self.batcher.submit(ids) for ids in prepared))
                 if self.batcher.workers > 1:
                     rows += await self.batcher.submit_many([prepared[i % 2] for i in range(sliced)])
+            if not all(np.isfinite(row).all() for row in rows):
+                raise ModelLoadError(
+                    f"MODEL_PATH={self.model.path}: the model gives non-finite logits (NaN or inf) on the "
+                    "warm-up texts, so every request would fail: its weights are broken (a diverged "
+                    "fine-tune?); point MODEL_PATH at a model that evaluates cleanly"
+                )
+            if not self.model.quantized:  # dynamic INT8 depends on its batch companions by design
+                await self._check_batching(prepared)
         finally:
             self.warming = False
-        if not all(np.isfinite(row).all() for row in rows):
-            raise ModelLoadError(
-                f"MODEL_PATH={self.model.path}: the model gives non-finite logits (NaN or inf) on the "
-                "warm-up texts, so every request would fail: its weights are broken (a diverged "
-                "fine-tune?); point MODEL_PATH at a model that evaluates cleanly"
-            )
+
+    async def _check_batching(self, prepared: list[list[int]]) -> None:
+        """fp32 answers must not depend on batching: each warm-up text alone against all of them in one
+        padded pass. A model that reads padding (a decoder whose pad id is not the one it skips, say)
+        would otherwise answer every batched request wrong, silently; fp32 noise is ~1e-5 here."""
+        together = await self.batcher.submit_many(prepared)
+        for ids, row in zip(prepared, together, strict=True):
+            alone = await self.batcher.submit(ids)  # one at a time: a batch of one
+            if not np.allclose(row, alone, rtol=1e-3, atol=1e-2):
+                raise ModelLoadError(
+                    f"MODEL_PATH={self.model.path}: a text's logits change when it is batched with longer "
+                    f"ones ({np.round(alone, 4).tolist()} alone, {np.round(row, 4).tolist()} batched): the "
+                    "model reads its padding; make the tokenizer's pad token the one the model skips "
+                    "(config.json pad_token_id)"
+                )

@@ -177,6 +177,28 @@ def test_a_decoder_whose_tokenizer_has_no_pad_token_is_padded_with_the_configs(
     np.testing.assert_allclose(predict_logits(m, texts), alone, atol=1e-5)  # the jobs' path too
 
 
+def test_a_decoder_padded_with_another_id_than_the_one_it_skips_fails_its_warm_up(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The tokenizer's pad token ([PAD], id 0) is not the config's pad_token_id (3, the one the model
+    skips): every batched text would be scored at a padding position. The fp32 warm-up compares each
+    text alone with the batch and refuses to serve."""
+    from fastapi.testclient import TestClient
+
+    from inference_server.app import create_app
+    from inference_server.serving.lifecycle import Phase
+
+    from .conftest import settings_for, wait_phase
+
+    model_dir = _decoder(tiny_model_dir, tmp_path / "gpt2", pad_token_id=3)
+    shutil.copy(tiny_model_dir / "tokenizer_config.json", model_dir)  # keeps its own pad token
+    fatal: list[str] = []
+    app = create_app(settings_for(model_dir, tmp_path), on_fatal=fatal.append)
+    with TestClient(app, raise_server_exceptions=False):
+        assert wait_phase(app) is Phase.FAILED
+    assert len(fatal) == 1 and "reads its padding" in fatal[0] and "MODEL_PATH=" in fatal[0], fatal
+
+
 def test_a_model_with_no_pad_token_anywhere_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(
         ModelLoadError, match=r"neither MODEL_PATH's tokenizer nor its config\.json defines a pad"
