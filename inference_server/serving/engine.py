@@ -238,7 +238,8 @@ class InferenceEngine:
                 for text in samples:
                     ids = encode_ids(self.model, [text])[0][: self.model.max_tokens]
                     prepared.append(ids)
-                rows += await self.batcher.submit_many(prepared)
+                together = await self.batcher.submit_many(prepared)
+                rows += together
                 rows += await asyncio.gather(*(self.batcher.submit(ids) for ids in prepared))
                 if self.batcher.workers > 1:
                     rows += await self.batcher.submit_many([prepared[i % 2] for i in range(sliced)])
@@ -249,15 +250,15 @@ class InferenceEngine:
                     "fine-tune?); point MODEL_PATH at a model that evaluates cleanly"
                 )
             if not self.model.quantized:  # dynamic INT8 depends on its batch companions by design
-                await self._check_batching(prepared)
+                await self._check_batching(prepared, together)
         finally:
             self.warming = False
 
-    async def _check_batching(self, prepared: list[list[int]]) -> None:
-        """fp32 answers must not depend on batching: each warm-up text alone against all of them in one
-        padded pass. A model that reads padding (a decoder whose pad id is not the one it skips, say)
-        would otherwise answer every batched request wrong, silently; fp32 noise is ~1e-5 here."""
-        together = await self.batcher.submit_many(prepared)
+    async def _check_batching(self, prepared: list[list[int]], together: Sequence[np.ndarray]) -> None:
+        """fp32 answers must not depend on batching: each warm-up text alone against ``together``, the
+        rows of all of them in one padded pass. A model that reads padding (a decoder whose pad id is not
+        the one it skips, say) would otherwise answer every batched request wrong, silently; fp32 noise
+        is ~1e-5 here."""
         for ids, row in zip(prepared, together, strict=True):
             alone = await self.batcher.submit(ids)  # one at a time: a batch of one
             if not np.allclose(row, alone, rtol=1e-3, atol=1e-2):

@@ -148,7 +148,13 @@ class RequestGuard:
                 headers=[(b"retry-after", retry.encode())],
             )
             return
-        content_types = [v for k, v in scope["headers"] if k == b"content-type"]
+        content_types: list[bytes] = []
+        declared: bytes | None = None  # uvicorn's parser refuses a repeated Content-Length (400)
+        for name, value in scope["headers"]:  # one pass over the headers for both
+            if name == b"content-type":
+                content_types.append(value)
+            elif name == b"content-length":
+                declared = value
         if len(content_types) > 1:
             # Servers disagree on which duplicate counts (this guard kept the last, Starlette behind it
             # keeps the first), so the same request would be 200 on one path and 422 on another: refuse it.
@@ -171,8 +177,6 @@ class RequestGuard:
                 field="content-type",
             )
             return
-        # uvicorn's parser refuses a repeated Content-Length (400), so the last one is the only one.
-        declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             try:
                 length = int(declared)

@@ -4,9 +4,11 @@ helpers to wait for readiness (loading runs in the background, as in production)
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,19 @@ def wait_until(condition: Callable[[], bool], what: str, *, timeout_s: float = R
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.01)
+
+
+@contextmanager
+def server_process(env: dict[str, str], **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """`sentiment-server` (python -m inference_server.main) as a child process, killed on the way out if
+    the test left it running (a failed assertion before its SIGTERM)."""
+    proc = subprocess.Popen([sys.executable, "-m", "inference_server.main"], env=env, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_ready(port: int, proc: Any) -> httpx.Response | None:

@@ -16,7 +16,7 @@ import pytest
 from inference_server import contract as c
 from inference_server.main import EXIT_CONFIG, EXIT_REFUSED, main
 
-from .conftest import READY_TIMEOUT_S, wait_ready
+from .conftest import READY_TIMEOUT_S, server_process, wait_ready
 
 
 def _free_port() -> int:
@@ -62,25 +62,15 @@ def test_serves_on_host_and_port_and_exits_0_on_sigterm(tiny_model_dir: Path, tm
         "FEEDBACK_DB_PATH": str(tmp_path / "fb.sqlite3"),
         "LOG_LEVEL": "WARNING",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inference_server.main"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with server_process(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         ready = wait_ready(port, proc)
         assert ready is not None and ready.status_code == 200, (
-            proc.stdout.read() if proc.poll() is not None else ""
+            proc.stdout.read() if proc.stdout is not None and proc.poll() is not None else ""
         )
         r = httpx.post(f"http://127.0.0.1:{port}{c.Path.INFER}", json={"text": "great"}, timeout=30)
         assert r.json()["label"] == "positive"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_port_in_use_is_one_line_and_exit_2_before_the_model_loads(

@@ -9,14 +9,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from inference_server import contract as c
 
-from .conftest import wait_ready
+from .conftest import server_process, wait_ready
 
 ROOT = Path(__file__).parents[2]
 
@@ -44,26 +43,20 @@ def test_the_process_logs_json_lines_and_one_inference_line_without_the_text(
     }
     stderr_path = tmp_path / "stderr.log"
     secret = "great film about my secret diary"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inference_server.main"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+    with (
+        stderr_path.open("wb") as stderr,
+        server_process(env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr) as proc,
+    ):
+        ready = wait_ready(port, proc)
+        assert ready is not None and ready.status_code == 200, stderr_path.read_text()[-3000:]
+        r = httpx.post(
+            f"http://127.0.0.1:{port}{c.Path.INFER}",
+            json={"text": secret, "request_id": "process-log-1"},
+            timeout=30,
         )
-        try:
-            ready = wait_ready(port, proc)
-            assert ready is not None and ready.status_code == 200, stderr_path.read_text()[-3000:]
-            r = httpx.post(
-                f"http://127.0.0.1:{port}{c.Path.INFER}",
-                json={"text": secret, "request_id": "process-log-1"},
-                timeout=30,
-            )
-            assert r.status_code == 200, r.text
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        assert r.status_code == 200, r.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
 
     lines = [line for line in stderr_path.read_text().splitlines() if line.strip()]
     assert lines  # at INFO the server says at least that it is ready
