@@ -201,7 +201,7 @@ def quantize(src: Path, out: Path) -> None:
     Weights per output channel: on the first (one-epoch) default model (rotten_tomatoes test, 1276
     sentences) per-tensor scales cost 0.5 point of macro-F1 (0.8104 vs fp32 0.8157, 96.4% same labels),
     per-channel none (0.8174, 98.4%), at the same batch-32 speed within the noise; reduce_range and
-    uint8 weights were worse on both counts. The current default: −0.52 points, 98.7% same labels
+    uint8 weights were worse on both counts. The three-epoch default: −0.51 points, 98.4% same labels
     (docs/reports/quantization.md).
     """
     import onnx
