@@ -7,8 +7,11 @@ tested with the pod runner, in its own e2e tests.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,8 +24,9 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes import config as kube_config
 
-from e2e.cluster import config, launcher, manifest, podsd, processes
+from e2e.cluster import config, launcher, manifest, podcidr, podsd, processes
 from e2e.cluster.launcher import Cluster
 
 pytestmark = pytest.mark.e2e
@@ -255,8 +259,56 @@ def test_prometheus_discovers_annotated_pods_through_the_api(
 # --- the launcher ---------------------------------------------------------------------------------
 
 
-def test_up_and_down_of_a_second_cluster_leave_no_process_or_port(tmp_path: Path) -> None:
-    """`python -m e2e.cluster up` prints the kubeconfig last; `down` stops every process it started."""
+def _live_members(pgid: int) -> list[int]:
+    """Processes (not zombies) of process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _orphan_of_a_killed_pod_runner(kubeconfig: Path, pod_cidr: str, runner: processes.Record) -> int:
+    """Run a pod whose shell leaves a child, SIGKILL the pod runner; returns the orphan's group."""
+    with kube_config.new_client_from_config(config_file=str(kubeconfig)) as api:
+        core = client.CoreV1Api(api)
+        core.create_namespaced_pod(
+            "default",
+            {
+                "metadata": {"name": "leaves-a-child"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {"name": "c", "image": "none", "command": ["sh", "-c", "sleep 600 & wait"]}
+                    ],
+                },
+            },
+        )
+
+        def running() -> client.V1Pod | None:
+            pod = core.read_namespaced_pod("leaves-a-child", "default")
+            statuses = pod.status.container_statuses or []
+            return pod if statuses and statuses[0].state.running else None
+
+        pod = eventually(running, timeout_s=60, what="the pod running in the second cluster")
+    assert ipaddress.ip_address(pod.status.pod_ip) in ipaddress.ip_network(pod_cidr)
+    pgid = int(pod.status.container_statuses[0].container_id.removeprefix("process://"))
+    os.kill(runner.pid, signal.SIGKILL)
+    eventually(lambda: not processes.is_alive(runner), what="the pod runner gone")
+    # The shell died with the runner (PDEATHSIG); its `sleep` did not: that is the orphan.
+    assert _live_members(pgid), "the scenario needs a process the killed runner left behind"
+    return pgid
+
+
+def test_up_and_down_of_a_second_cluster_leave_no_process_or_port(tmp_path: Path, cluster: Cluster) -> None:
+    """`python -m e2e.cluster up` prints the kubeconfig last and gives the cluster a pod CIDR of its
+    own; `down` stops every process it started, also those a killed pod runner left behind."""
     state_dir = tmp_path / "second"
     cli = [sys.executable, "-m", "e2e.cluster"]
     up = subprocess.run([*cli, "up", "--state-dir", str(state_dir)], capture_output=True, text=True, cwd=REPO)
@@ -290,6 +342,11 @@ def test_up_and_down_of_a_second_cluster_leave_no_process_or_port(tmp_path: Path
         assert [r.pid for r in records] == [
             r["pid"] for r in json.loads((state_dir / "state.json").read_text())["processes"]
         ]
+        # Two clusters on one machine never hand out the same pod IPs.
+        pod_cidr = state["cluster"]["pod_cidr"]
+        assert not ipaddress.ip_network(pod_cidr).overlaps(ipaddress.ip_network(cluster.pod_cidr))
+        runner = next(r for r in records if r.name == "podrunner")
+        orphan_group = _orphan_of_a_killed_pod_runner(kubeconfig, pod_cidr, runner)
     finally:
         down = subprocess.run(
             [*cli, "down", "--state-dir", str(state_dir)], capture_output=True, text=True, cwd=REPO
@@ -298,6 +355,10 @@ def test_up_and_down_of_a_second_cluster_leave_no_process_or_port(tmp_path: Path
     assert not [r.name for r in records if processes.is_alive(r)]
     assert not [p for p in ports if launcher.listening(p)]
     assert processes.marked_pids(state_dir.resolve()) == []
+    left = _live_members(orphan_group)
+    for pid in left:  # never leave the orphan behind, even when this test fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
     status = subprocess.run([*cli, "status", "--state-dir", str(state_dir)], capture_output=True, cwd=REPO)
     assert status.returncode == 3
 
@@ -362,6 +423,34 @@ def test_kwok_gets_node_stages_only() -> None:
     kinds = [d["spec"]["resourceRef"]["kind"] for d in docs if d.get("kind") == "Stage"]
     assert kinds == ["Node"]
     assert docs[0]["options"]["nodeLeaseDurationSeconds"] > 0
+
+
+def test_a_pod_cidr_is_held_by_one_cluster_until_its_holder_exits() -> None:
+    first = podcidr.reserve()
+    octet = int(first.cidr.split(".")[1])
+    holder: subprocess.Popen[bytes] | None = None
+    try:
+        with podcidr.reserve() as second:
+            assert second.cidr != first.cidr
+        with pytest.raises(podcidr.CidrsExhausted, match="held by a running cluster"):
+            podcidr.reserve([octet])
+        # The launcher hands the reservation to the pod runner and closes its own copy.
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"],
+            stdin=subprocess.PIPE,
+            pass_fds=(first.fileno(),),
+        )
+        first.close()
+        assert podcidr.held(octet)
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+        assert not podcidr.held(octet)  # freed by the kernel with its last holder: nothing to clean up
+    finally:
+        first.close()
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+            holder.wait()
 
 
 def test_chosen_ports_are_distinct_and_below_the_ephemeral_range() -> None:

@@ -8,10 +8,12 @@ annotated pod over its pod IP. Everything is polled with generous timeouts (the 
 
 from __future__ import annotations
 
+import http.server
 import ipaddress
 import json
 import secrets
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -178,6 +180,54 @@ def test_pod_without_a_ready_server_stays_unready(
     pod = core.read_namespaced_pod("mute", namespace)
     assert condition(pod, "Ready") == "False"
     assert "unready status: [c]" in next(c.message for c in pod.status.conditions if c.type == "Ready")
+
+
+class _Answers200(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"not this pod's server")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_pod_whose_port_is_taken_on_its_ip_waits_instead_of_probing_the_other_server(
+    cluster: Cluster, k8s: client.ApiClient, namespace: str
+) -> None:
+    # Another cluster's (or an orphan's) server already holds IP:port. A hostNetwork pod's IP is the
+    # node's, 127.0.0.1, known in advance; any pod IP is checked the same way.
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers200)
+    port = other.server_address[1]
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    core = client.CoreV1Api(k8s)
+    container = {
+        "name": "web",
+        "image": "none",
+        "command": ["python", "-m", "http.server", str(port), "--bind", "$(POD_IP)"],
+        "ports": [{"containerPort": port}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
+    }
+    spec = {"hostNetwork": True, "terminationGracePeriodSeconds": 1, "containers": [container]}
+    try:
+        core.create_namespaced_pod(namespace, {"metadata": {"name": "squatted"}, "spec": spec})
+
+        def refused() -> client.V1Pod | None:
+            pod = core.read_namespaced_pod("squatted", namespace)
+            statuses = pod.status.container_statuses or []
+            waiting = statuses[0].state.waiting if statuses else None
+            return pod if waiting is not None and waiting.reason == "CreateContainerError" else None
+
+        pod = eventually(refused, "pod squatted Waiting with CreateContainerError")
+        status = pod.status.container_statuses[0]
+        assert f"127.0.0.1:{port}/TCP is already bound" in status.state.waiting.message
+        assert condition(pod, "Ready") == "False" and status.restart_count == 0
+    finally:
+        other.shutdown()
+        other.server_close()
+    # The runner retries: once the address is free, the pod's own server makes it Ready.
+    eventually(lambda: ready_pod(core, "squatted", namespace), "pod squatted Ready once the port is free")
+    assert http_get(f"http://127.0.0.1:{port}/") != "not this pod's server"
 
 
 def test_job_runs_its_command_with_its_environment_and_completes(

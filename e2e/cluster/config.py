@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 NODE_NAME = "kwok-node-0"
-# Every 127.0.0.0/8 address routes to `lo`, so each pod's server can listen on its own pod IP.
-POD_CIDR = "127.10.0.0/16"
+# What state.json files written before pod CIDRs were reserved per cluster (podcidr.py) used.
+LEGACY_POD_CIDR = "127.10.0.0/16"
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Scrape fast so tests see samples within seconds (Prometheus' default is 1 min).
@@ -129,6 +129,8 @@ class ProcessSpec:
     argv: tuple[str, ...]
     ready: ReadyCheck | None
     timeout_s: float = 60.0
+    # Descriptors the process inherits (the pod runner: its pod CIDR reservation).
+    pass_fds: tuple[int, ...] = ()
 
 
 def _loopback(port: int, scheme: str = "http") -> str:
@@ -284,7 +286,9 @@ def pod_sd(python: str, layout: Layout, ports: Ports) -> ProcessSpec:
     )
 
 
-def podrunner(python: str, layout: Layout) -> ProcessSpec:
+def podrunner(python: str, layout: Layout, pod_cidr: str, reservation_fd: int) -> ProcessSpec:
+    """The pod runner, handed `pod_cidr`'s reservation so the CIDR stays this cluster's until the
+    runner exits, however it exits."""
     return ProcessSpec(
         name="podrunner",
         argv=(
@@ -294,10 +298,11 @@ def podrunner(python: str, layout: Layout) -> ProcessSpec:
             f"--kubeconfig={layout.component_kubeconfig('podrunner')}",
             f"--node={NODE_NAME}",
             f"--state-dir={layout.podrunner}",
-            f"--pod-cidr={POD_CIDR}",
+            f"--pod-cidr={pod_cidr}",
         ),
         # Written after its first list of the node's Pods (e2e/podrunner/runner.py READY_FILE).
         ready=ReadyCheck(file=layout.podrunner / "podrunner.ready"),
+        pass_fds=(reservation_fd,),
     )
 
 

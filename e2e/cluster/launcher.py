@@ -27,7 +27,7 @@ import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from e2e.cluster import bootstrap, config, manifest, pki, processes
+from e2e.cluster import bootstrap, config, manifest, pki, podcidr, processes
 from e2e.cluster.config import Binaries, Layout, Ports, ProcessSpec
 from e2e.cluster.processes import Record, StartError
 
@@ -50,7 +50,7 @@ class Cluster:
     prometheus_url: str
     node_name: str
     state_dir: Path
-    pod_cidr: str = config.POD_CIDR
+    pod_cidr: str
     versions: dict[str, str] = field(default_factory=dict)
 
     def api_client(self) -> client.ApiClient:
@@ -76,7 +76,7 @@ class Cluster:
             prometheus_url=data["prometheus_url"],
             node_name=data["node_name"],
             state_dir=Path(data["state_dir"]),
-            pod_cidr=data.get("pod_cidr", config.POD_CIDR),
+            pod_cidr=data.get("pod_cidr", config.LEGACY_POD_CIDR),
             versions=dict(data.get("versions") or {}),
         )
 
@@ -283,6 +283,22 @@ def _up(b: Binaries, layout: Layout, *, die_with_parent: bool, progress: Progres
     if _read_state(layout).get("processes"):
         progress(f"cleaning up a stopped or half-started cluster in {layout.root}")
         _down(layout, progress=progress)
+    reservation = podcidr.reserve()
+    try:
+        return _start(b, layout, reservation, die_with_parent=die_with_parent, progress=progress)
+    finally:
+        # The pod runner holds its own descriptor: the CIDR is freed when it exits, not before.
+        reservation.close()
+
+
+def _start(
+    b: Binaries,
+    layout: Layout,
+    reservation: podcidr.Reservation,
+    *,
+    die_with_parent: bool,
+    progress: Progress,
+) -> Cluster:
     t0 = time.monotonic()
     _prepare_dir(layout.root)
     ports = choose_ports()
@@ -293,6 +309,7 @@ def _up(b: Binaries, layout: Layout, *, die_with_parent: bool, progress: Progres
         prometheus_url=f"http://127.0.0.1:{ports.prometheus}",
         node_name=config.NODE_NAME,
         state_dir=layout.root,
+        pod_cidr=reservation.cidr,
         versions=b.versions,
     )
     state: dict[str, Any] = {
@@ -306,7 +323,7 @@ def _up(b: Binaries, layout: Layout, *, die_with_parent: bool, progress: Progres
     _write_state(layout, state)
     starter = _Starter(layout, keys, state, die_with_parent)
     try:
-        _start_all(b, layout, ports, files, starter, progress, t0)
+        _start_all(b, layout, ports, files, starter, reservation, progress, t0)
     except BaseException:
         # Interrupted or failed: leave nothing running, keep the logs for the error message.
         progress(f"start failed: stopping what was started (logs stay in {layout.logs})")
@@ -316,7 +333,10 @@ def _up(b: Binaries, layout: Layout, *, die_with_parent: bool, progress: Progres
         raise
     state["ready"] = True
     _write_state(layout, state)
-    progress(f"ready in {time.monotonic() - t0:.1f} s: {cluster.server}, Prometheus {cluster.prometheus_url}")
+    progress(
+        f"ready in {time.monotonic() - t0:.1f} s: {cluster.server}, Prometheus {cluster.prometheus_url}, "
+        f"pod CIDR {cluster.pod_cidr}"
+    )
     return cluster
 
 
@@ -326,6 +346,7 @@ def _start_all(
     ports: Ports,
     files: dict[str, Path],
     starter: _Starter,
+    reservation: podcidr.Reservation,
     progress: Progress,
     t0: float,
 ) -> None:
@@ -348,7 +369,7 @@ def _start_all(
         config.prometheus(b, layout, ports),
     ]
     if PODRUNNER_MAIN.exists():
-        early.append(config.podrunner(sys.executable, layout))
+        early.append(config.podrunner(sys.executable, layout, reservation.cidr, reservation.fileno()))
     else:
         progress(f"no pod runner ({PODRUNNER_MAIN} is missing): Pods will be scheduled but not run")
     started = [(spec, starter.spawn(spec)) for spec in early]
@@ -465,6 +486,7 @@ def status(state_dir: Path | None = None) -> tuple[bool, list[str]]:
         f"server      {cluster.server}",
         f"prometheus  {cluster.prometheus_url}",
         f"node        {cluster.node_name}",
+        f"pod CIDR    {cluster.pod_cidr}",
         f"kubeconfig  {cluster.kubeconfig}",
     ]
     return True, lines

@@ -111,6 +111,7 @@ def spawn(
                 env=env,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if die_with_parent else None,
+                pass_fds=spec.pass_fds,
             )
         except OSError as exc:
             raise StartError(f"{spec.name}: cannot run {spec.argv[0]}: {exc}") from exc

@@ -34,6 +34,9 @@ INHERITED = (
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
     "CI",
+    # The cluster's marker (e2e/cluster/config.py STATE_ENV): `python -m e2e.cluster down` finds a
+    # container's processes by it when the runner died without stopping them.
+    "SENTIMENT_CLUSTER_STATE",
 )
 READY_FILE = "podrunner.ready"
 

@@ -24,6 +24,7 @@ from e2e.podrunner.env import ConfigError, Sources, configmap_data, expand_all, 
 from e2e.podrunner.ipam import IpPool
 from e2e.podrunner.kube import ApiError, Kube
 from e2e.podrunner.paths import MountTable
+from e2e.podrunner.ports import bound_elsewhere, conflict_message, declared_ports
 from e2e.podrunner.probes import ProbeKind, ProbeSpec, ProbeState
 from e2e.podrunner.probing import run_probe
 from e2e.podrunner.processes import ContainerProcess, StartError
@@ -360,6 +361,13 @@ class PodWorker:
             slot.waiting_reason, slot.waiting_message = "CreateContainerConfigError", str(exc)
             slot.next_start = loop.time() + RETRY_CONFIG_S
             log.warning("pod %s: container %s: %s", self.key, slot.name, exc)
+            return
+        taken = bound_elsewhere(self.pod_ip or "", declared_ports(slot.spec))
+        if taken:
+            slot.waiting_reason = "CreateContainerError"
+            slot.waiting_message = conflict_message(slot.name, taken)
+            slot.next_start = loop.time() + RETRY_CONFIG_S
+            log.warning("pod %s: %s", self.key, slot.waiting_message)
             return
         if slot.runs > 0:
             slot.restart_count += 1

@@ -24,6 +24,12 @@ def test_base_environment_puts_the_venv_first_and_inherits_little() -> None:
     assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("127.0.0.1", "6443")
 
 
+def test_base_environment_carries_the_cluster_marker_so_down_finds_orphans() -> None:
+    environ = {"PATH": "/usr/bin", "SENTIMENT_CLUSTER_STATE": "/tmp/clusters/a"}
+    env = base_environment(environ, "/venv/bin/python", ("127.0.0.1", 6443))
+    assert env["SENTIMENT_CLUSTER_STATE"] == "/tmp/clusters/a"
+
+
 def test_node_internal_ip_must_be_loopback() -> None:
     node = {"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}}
     assert node_internal_ip(node) == "127.0.0.1"

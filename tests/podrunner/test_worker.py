@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -211,3 +212,34 @@ async def test_exec_probe_timeout_is_a_failure_and_kills_the_probe(tmp_path: Pat
             client=client,
         )
         assert not ok and "ConnectionRefusedError" in message
+
+
+async def test_port_held_outside_the_pod_keeps_the_container_waiting_and_unready(harness) -> None:
+    # The harness's pool hands out 127.10.0.1 first; a server of another cluster holds our port there.
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.10.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    container = {
+        "name": "web",
+        "command": ["python", "-m", "http.server", str(port), "--bind", "$(POD_IP)"],
+        "ports": [{"containerPort": port}],
+        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1},
+    }
+    try:
+        store, _, _ = harness(make_pod([container]))
+
+        def waiting() -> dict[str, Any]:
+            statuses = store.pod["status"].get("containerStatuses") or [{}]
+            return dict((statuses[0].get("state") or {}).get("waiting") or {})
+
+        await eventually(lambda: waiting().get("reason") == "CreateContainerError", "CreateContainerError")
+        assert store.pod["status"]["podIP"] == "127.10.0.1"
+        assert f"127.10.0.1:{port}/TCP is already bound" in waiting()["message"]
+        assert condition(store.pod, "Ready") == "False"
+        assert store.pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        holder.close()
+    # Once the address is free the container starts and its own server makes it Ready.
+    await eventually(lambda: condition(store.pod, "Ready") == "True", "Ready after the port was freed")
