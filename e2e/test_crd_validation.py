@@ -134,6 +134,42 @@ INVALID_MODELS = [
     ({"drift": {"window": "1 day"}}, "spec.drift.window", "should match"),
     ({"drift": {"threshold": 0}}, "spec.drift.threshold", "should be greater than 0"),
     ({"calibration": {"path": "/c.json", "configMapRef": {"name": "c"}}}, "spec.calibration", "exactly one"),
+    # a bare claim or bucket names no file to fetch
+    ({"artifact": {"uri": "s3://ml-models", "sha256": SHA}}, "spec.artifact.uri", "must be pvc://"),
+    ({"artifact": {"uri": "pvc://sentiment-models", "sha256": SHA}}, "spec.artifact.uri", "must be pvc://"),
+    (
+        {"evaluation": {"dataset": {"uri": "s3://datasets", "sha256": SHA}}},
+        "spec.evaluation.dataset.uri",
+        "must be pvc://",
+    ),
+    # the drift job refuses a window under 1ms, Prometheus an empty range
+    ({"drift": {"window": "0s"}}, "spec.drift.window", "drift.window must be at least 1s"),
+    ({"drift": {"window": "100ns"}}, "spec.drift.window", "drift.window must be at least 1s"),
+    # what the Deployment and the HPA the operator builds would be refused for
+    ({"resources": {"requests": {"cpu": "-1"}}}, "spec.resources.requests", "must not be negative"),
+    ({"resources": {"limits": {"memory": "-2Gi"}}}, "spec.resources.limits", "must not be negative"),
+    ({"resources": {"limits": {"cpus": "2"}}}, "spec.resources.limits", "resources.limits keys must be cpu"),
+    (
+        {"resources": {"requests": {"memory": "4Gi"}, "limits": {"memory": "2Gi"}}},
+        "spec.resources.requests",
+        "must be at most the same resource's value in resources.limits",
+    ),
+    (
+        {"resources": {"requests": {"cpu": "2500m"}, "limits": {"cpu": 2}}},
+        "spec.resources.requests",
+        "must be at most",
+    ),
+    (
+        {"resources": {"requests": {"nvidia.com/gpu": 1}}},
+        "spec.resources.requests",
+        "cannot be overcommitted",
+    ),
+    ({"replicas": None, "autoscaling": {"max": 4}}, "spec.autoscaling", "needs a CPU request above 0"),
+    (
+        {"replicas": None, "autoscaling": {"max": 4}, "resources": {"requests": {"cpu": "0"}}},
+        "spec.autoscaling",
+        "needs a CPU request above 0",
+    ),
 ]
 
 
@@ -153,6 +189,36 @@ def test_invalid_model_is_rejected_naming_the_field(
     assert field in causes(error), status_of(error)["message"]
     assert fragment in causes(error)[field], causes(error)
     assert field in status_of(error)["message"]
+
+
+# Values at the edge of a rule that the real server (its CEL quantity and duration libraries, not the
+# offline stand-ins) must accept.
+MODELS_AT_THE_EDGE = [
+    {"drift": {"window": "1s"}},
+    {"artifact": {"uri": "s3://ml-models/m.tar", "sha256": SHA}},
+    {"resources": {"requests": {"cpu": "1500m", "memory": "2048Mi"}, "limits": {"cpu": 2, "memory": "2Gi"}}},
+    # a CPU limit alone: Kubernetes defaults the request to it, so the autoscaler has one
+    {"replicas": None, "autoscaling": {"max": 4}, "resources": {"limits": {"cpu": "2"}}},
+    {
+        "resources": {
+            "requests": {"nvidia.com/gpu": 1, "hugepages-2Mi": "64Mi"},
+            "limits": {"nvidia.com/gpu": "1", "hugepages-2Mi": "64Mi", "ephemeral-storage": "1Gi"},
+        }
+    },
+]
+
+
+@pytest.mark.parametrize("changes", MODELS_AT_THE_EDGE, ids=[str(c) for c in MODELS_AT_THE_EDGE])
+def test_model_at_the_edge_of_a_rule_is_accepted(
+    create: Callable[..., dict[str, Any]], changes: dict[str, Any]
+) -> None:
+    doc = renamed(example("sentimentmodel-minimal"))
+    for key, value in changes.items():
+        if value is None:
+            doc["spec"].pop(key)
+        else:
+            doc["spec"][key] = value
+    create(doc, dry_run=True)
 
 
 def test_model_name_that_cannot_name_its_objects_is_rejected(create: Callable[..., dict[str, Any]]) -> None:
@@ -207,6 +273,29 @@ INVALID_ROLLOUTS = [
         "spec.abRouting.enabled",
         "gatewayAPI",
     ),
+    (
+        {"shadow": {"enabled": True, "percent": 10}},
+        "spec.shadow.enabled",
+        "shadow needs trafficRouting.gatewayAPI",
+    ),
+    ({"analysis": {"interval": "0s"}}, "spec.analysis.interval", "analysis.interval must be at least 1s"),
+    ({"analysis": {"window": "0s"}}, "spec.analysis.window", "analysis.window must be at least 1s"),
+    ({"analysis": {"window": "100ns"}}, "spec.analysis.window", "analysis.window must be at least 1s"),
+    (
+        {"steps": [{"analysis": {"window": "500ms"}}]},
+        "spec.steps[0].analysis.window",
+        "steps[].analysis.window must be at least 1s",
+    ),
+    (
+        {"steps": [{"watch": {"duration": "0s"}}]},
+        "spec.steps[0].watch.duration",
+        "watch.duration must be at least 1s",
+    ),
+    (
+        {"steps": [{"pause": {"duration": "0s"}}]},
+        "spec.steps[0].pause.duration",
+        "pause.duration must be at least 1s",
+    ),
 ]
 
 
@@ -222,6 +311,23 @@ def test_invalid_rollout_is_rejected_naming_the_field(
     assert error.status == 422, error.body
     assert field in causes(error), status_of(error)["message"]
     assert fragment in causes(error)[field], causes(error)
+
+
+ROLLOUTS_AT_THE_EDGE = [
+    {"analysis": {"interval": "1s", "window": "1.5s"}},
+    # errorRateFor 0s is a choice, not a mistake: a breach at the first analysis above errorRate
+    {"analysis": {"thresholds": {"errorRateFor": "0s"}}},
+    {"steps": [{"pause": {"duration": "1s"}}, {"watch": {"duration": "1m"}}, {"analysis": {"window": "1s"}}]},
+]
+
+
+@pytest.mark.parametrize("changes", ROLLOUTS_AT_THE_EDGE, ids=[str(c) for c in ROLLOUTS_AT_THE_EDGE])
+def test_rollout_at_the_edge_of_a_rule_is_accepted(
+    create: Callable[..., dict[str, Any]], changes: dict[str, Any]
+) -> None:
+    doc = renamed(example("sentimentrollout-minimal"))
+    doc["spec"].update(changes)
+    create(doc, dry_run=True)
 
 
 # --- status subresource -------------------------------------------------------------------------

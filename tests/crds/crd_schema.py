@@ -4,14 +4,17 @@ The API server (a) rejects non-structural schemas, (b) fills `default`s top-down
 with OpenAPI v3 value validations, and (d) runs the CEL rules in `x-kubernetes-validations`.
 These helpers do the same, minimally, so that examples and invalid instances can be checked
 without a cluster: jsonschema (Draft 4, the dialect OpenAPI v3 schemas derive from) for (c) and
-cel-python for (d). The e2e tests check the real thing; these keep the feedback loop fast.
+cel-python for (d), with a shim for the part of Kubernetes' CEL quantity library the rules use. The
+e2e tests check the real thing; these keep the feedback loop fast.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -110,6 +113,10 @@ class Violation:
 
     path: str
     message: str
+    # Which CEL rule held false: its node as schema_nodes names it (joined with '.', e.g.
+    # "spec.steps.[].watch.duration") and its text; None for OpenAPI failures and for rules that
+    # failed to evaluate.
+    rule: tuple[str, str] | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -312,49 +319,113 @@ def _error_path(error: jsonschema.ValidationError) -> str:
     return dotted(path)
 
 
-def cel_violations(instance: Any, schema: Schema, path: tuple[str | int, ...] = ()) -> list[Violation]:
-    """Failures of the CEL rules (x-kubernetes-validations) of a defaulted instance, top-down."""
+def cel_violations(
+    instance: Any, schema: Schema, path: tuple[str | int, ...] = (), at: tuple[str, ...] = ()
+) -> list[Violation]:
+    """Failures of the CEL rules (x-kubernetes-validations) of a defaulted instance, top-down.
+
+    `path` names the instance's place (list indexes, map keys); `at` names its schema node as
+    schema_nodes does ('[]' for a list's items, '{}' for a map's values).
+    """
     violations = [
-        Violation(dotted((*path, *_field_path(rule))), message)
+        violation
         for rule in schema.get("x-kubernetes-validations", [])
-        if (message := _failed_message(rule, instance)) is not None
+        if (violation := _rule_violation(rule, instance, path, at)) is not None
     ]
     if isinstance(instance, dict):
         properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
         for name, child in instance.items():
             if name in properties:
-                violations += cel_violations(child, properties[name], (*path, name))
+                violations += cel_violations(child, properties[name], (*path, name), (*at, name))
+            elif isinstance(extra, dict):
+                violations += cel_violations(child, extra, (*path, name), (*at, "{}"))
     elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
         for index, item in enumerate(instance):
-            violations += cel_violations(item, schema["items"], (*path, index))
+            violations += cel_violations(item, schema["items"], (*path, index), (*at, "[]"))
     return violations
 
 
-def _field_path(rule: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(part for part in rule.get("fieldPath", "").split(".") if part)
-
-
-@cache
-def compile_cel(expression: str) -> celpy.Runner:
-    """A compiled CEL program (raises celpy.CELParseError on a syntax error)."""
-    env = celpy.Environment()
-    return env.program(env.compile(expression))
-
-
-def _failed_message(rule: dict[str, Any], value: Any) -> str | None:
-    """None when the rule holds, else its message (messageExpression evaluated, as the server does)."""
+def _rule_violation(
+    rule: dict[str, Any], value: Any, path: tuple[str | int, ...], at: tuple[str, ...]
+) -> Violation | None:
+    where = dotted((*path, *_field_path(rule)))
     activation = {"self": celpy.json_to_cel(value)}
     try:
         holds = compile_cel(rule["rule"]).evaluate(activation)
     except celpy.CELEvalError as error:  # the API server reports evaluation errors as invalid too
         holds = error
     if isinstance(holds, celpy.CELEvalError):
-        return f"rule {rule['rule']!r} failed to evaluate: {holds}"
+        return Violation(where, f"rule {rule['rule']!r} failed to evaluate: {holds}")
     if bool(holds):
         return None
     if "messageExpression" in rule:
-        return str(compile_cel(rule["messageExpression"]).evaluate(activation))
-    return str(rule.get("message", f"failed rule: {rule['rule']}"))
+        message = str(compile_cel(rule["messageExpression"]).evaluate(activation))
+    else:
+        message = str(rule.get("message", f"failed rule: {rule['rule']}"))
+    return Violation(where, message, rule=(".".join(at), rule["rule"]))
+
+
+def _field_path(rule: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(part for part in rule.get("fieldPath", "").split(".") if part)
+
+
+# --- Kubernetes' CEL quantity library (k8s.io/apiserver/pkg/cel/library/quantity.go), minimally ----
+# cel-python lacks it. Without these functions a rule that uses one fails to evaluate, which reports
+# every instance invalid: a missing function shows as a failing test, never as a rule skipped. Only
+# what the 1.37 API server compiles in a CRD rule is here (it has no Quantity.sign(), for one).
+# The grammar of resource.ParseQuantity: a signed decimal, then a binary (Ki..Ei) or decimal SI
+# suffix (n..E) or a decimal exponent (e3, E-2).
+_QUANTITY = re.compile(
+    r"(?P<sign>[+-]?)(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:(?P<binary>[KMGTPE]i)|(?P<si>[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?"
+)
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_SI_EXPONENT = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A Kubernetes resource.Quantity as the exact rational number it stands for."""
+
+    value: Fraction
+
+
+def parse_quantity(text: str) -> Quantity:
+    """`text` as Kubernetes parses a quantity; ValueError (a CEL evaluation error) when it is none."""
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        raise ValueError(f"quantities must match the regular expression: {text!r}")
+    value = Fraction(match["number"])
+    if match["binary"]:
+        value *= _BINARY[match["binary"]]
+    elif match["si"] or match["exponent"]:
+        value *= Fraction(10) ** (_SI_EXPONENT[match["si"]] if match["si"] else int(match["exponent"]))
+    return Quantity(-value if match["sign"] == "-" else value)
+
+
+def _is_quantity(text: str) -> celpy.celtypes.BoolType:
+    return celpy.celtypes.BoolType(_QUANTITY.fullmatch(text) is not None)
+
+
+def _compare(left: Quantity, right: Quantity) -> celpy.celtypes.IntType:
+    return celpy.celtypes.IntType((left.value > right.value) - (left.value < right.value))
+
+
+KUBERNETES_CEL_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "quantity": parse_quantity,
+    "isQuantity": _is_quantity,
+    "compareTo": _compare,
+    "isLessThan": lambda left, right: celpy.celtypes.BoolType(left.value < right.value),
+    "isGreaterThan": lambda left, right: celpy.celtypes.BoolType(left.value > right.value),
+}
+
+
+@cache
+def compile_cel(expression: str) -> celpy.Runner:
+    """A compiled CEL program (raises celpy.CELParseError on a syntax error)."""
+    env = celpy.Environment()
+    return env.program(env.compile(expression), functions=KUBERNETES_CEL_FUNCTIONS)
 
 
 def violations(instance: dict[str, Any], kind: str) -> list[Violation]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crd_schema import CRD_FILES, load_examples, violations
+from crd_schema import CRD_FILES, load_examples, openapi_schema, schema_nodes, violations
 
 EXAMPLES = load_examples()
 DELETE = object()
@@ -117,6 +117,88 @@ INVALID = [
     ),
     ("sentimentmodel-minimal", {"metadata.name": "s" * 41}, "metadata.name", "at most 40 characters"),
     ("sentimentmodel-minimal", {"status": {"phase": "Running"}}, "status.phase", "is not one of"),
+    # A bare claim or bucket names no file to fetch (DESIGN.md: pvc://claim/path, s3://bucket/key).
+    (
+        "sentimentmodel-minimal",
+        {"spec.artifact.uri": "s3://ml-models"},
+        "spec.artifact.uri",
+        "must be pvc://",
+    ),
+    (
+        "sentimentmodel-minimal",
+        {"spec.artifact.uri": "pvc://sentiment-models"},
+        "spec.artifact.uri",
+        "must be pvc://",
+    ),
+    (
+        "sentimentmodel-minimal",
+        {"spec.artifact.uri": "pvc://sentiment-models/"},
+        "spec.artifact.uri",
+        "must be pvc://",
+    ),
+    (
+        "sentimentmodel-full",
+        {"spec.evaluation.dataset.uri": "s3://datasets"},
+        "spec.evaluation.dataset.uri",
+        "must be pvc://",
+    ),
+    # Durations the drift job and Prometheus refuse (an empty window) or cannot use (under a second).
+    (
+        "sentimentmodel-full",
+        {"spec.drift.window": "0s"},
+        "spec.drift.window",
+        "drift.window must be at least 1s",
+    ),
+    ("sentimentmodel-full", {"spec.drift.window": "100ns"}, "spec.drift.window", "at least 1s"),
+    ("sentimentmodel-full", {"spec.drift.window": "999ms"}, "spec.drift.window", "at least 1s"),
+    # What the API server would refuse in the operator's Deployment, refused at apply instead.
+    (
+        "sentimentmodel-full",
+        {"spec.resources.requests.cpu": "-1"},
+        "spec.resources.requests",
+        "resources.requests values must not be negative",
+    ),
+    (
+        "sentimentmodel-full",
+        {"spec.resources.limits.memory": "-2Gi"},
+        "spec.resources.limits",
+        "resources.limits values must not be negative",
+    ),
+    (
+        "sentimentmodel-full",
+        {"spec.resources.limits.cpus": "2"},
+        "spec.resources.limits",
+        "resources.limits keys must be cpu, memory",
+    ),
+    ("sentimentmodel-full", {"spec.resources.requests.gpu": 1}, "spec.resources.requests", "keys must be"),
+    (
+        "sentimentmodel-full",
+        {"spec.resources.requests.memory": "4Gi"},
+        "spec.resources.requests",
+        "must be at most the same resource's value in resources.limits",
+    ),
+    # 2500m against "2": the comparison is of quantities, not of their spellings
+    ("sentimentmodel-full", {"spec.resources.requests.cpu": "2500m"}, "spec.resources.requests", "at most"),
+    (
+        "sentimentmodel-full",
+        # (whole maps: mutate() reads a dot as a path separator)
+        {"spec.resources.requests": {"cpu": "500m", "nvidia.com/gpu": 1}},
+        "spec.resources.requests",
+        "cannot be overcommitted",
+    ),
+    (
+        "sentimentmodel-minimal",
+        {"spec.replicas": DELETE, "spec.autoscaling": {"max": 4}},
+        "spec.autoscaling",
+        "spec.autoscaling needs a CPU request above 0",
+    ),
+    (
+        "sentimentmodel-full",
+        {"spec.resources.requests": {"memory": "1Gi"}, "spec.resources.limits": {"memory": "2Gi"}},
+        "spec.autoscaling",
+        "needs a CPU request",
+    ),
+    ("sentimentmodel-full", {"spec.resources.requests.cpu": "0"}, "spec.autoscaling", "needs a CPU request"),
     # SentimentRollout
     (
         "sentimentrollout-minimal",
@@ -174,6 +256,42 @@ INVALID = [
     ),
     (
         "sentimentrollout-minimal",
+        {"spec.analysis": {"interval": "0s"}},
+        "spec.analysis.interval",
+        "analysis.interval must be at least 1s",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.analysis": {"window": "0s"}},
+        "spec.analysis.window",
+        "analysis.window must be at least 1s",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.analysis": {"window": "100ns"}},
+        "spec.analysis.window",
+        "at least 1s",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.steps": [{"analysis": {"window": "500ms"}}]},
+        "spec.steps[0].analysis.window",
+        "steps[].analysis.window must be at least 1s",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.steps": [{"watch": {"duration": "0s"}}]},
+        "spec.steps[0].watch.duration",
+        "watch.duration must be at least 1s",
+    ),
+    (
+        "sentimentrollout-minimal",
+        {"spec.steps": [{"pause": {"duration": "0s"}}]},
+        "spec.steps[0].pause.duration",
+        "pause.duration must be at least 1s",
+    ),
+    (
+        "sentimentrollout-minimal",
         {"spec.shadow": {"enabled": True, "percent": 101}},
         "spec.shadow.percent",
         "maximum",
@@ -196,6 +314,19 @@ INVALID = [
         {"spec.trafficRouting": {"replicas": {}}},
         "spec.abRouting.enabled",
         "needs trafficRouting.gatewayAPI",
+    ),
+    # Mirroring is an HTTPRoute filter: with replica-count routing nothing could copy a request.
+    (
+        "sentimentrollout-minimal",
+        {"spec.shadow": {"enabled": True, "percent": 10}},
+        "spec.shadow.enabled",
+        "shadow needs trafficRouting.gatewayAPI",
+    ),
+    (
+        "sentimentrollout-gateway",
+        {"spec.trafficRouting": {"replicas": {}}, "spec.abRouting": DELETE},
+        "spec.shadow.enabled",
+        "shadow needs trafficRouting.gatewayAPI",
     ),
     (
         "sentimentrollout-gateway",
@@ -230,3 +361,57 @@ def test_invalid_instance_is_rejected_naming_the_field(
     assert found, f"{changes} was accepted"
     assert field in {v.path for v in found}, [str(v) for v in found]
     assert any(fragment in v.message for v in found if v.path == field), [str(v) for v in found]
+
+
+def test_every_cel_rule_is_broken_by_an_invalid_case_with_its_own_message() -> None:
+    """Each rule is evaluated offline and can fail: a rule cel-python could not evaluate (a missing
+    Kubernetes library function) would show up as an evaluation error here, never as a silent pass."""
+    rules = {
+        (kind, ".".join(path), rule["rule"])
+        for kind in CRD_FILES
+        for path, node in schema_nodes(openapi_schema(kind))
+        for rule in node.get("x-kubernetes-validations", [])
+    }
+    broken = set()
+    for name, changes, _, _ in INVALID:
+        doc = mutate(example(name), changes)
+        broken |= {(doc["kind"], *v.rule) for v in violations(doc, doc["kind"]) if v.rule is not None}
+    assert sorted(rules - broken) == []
+
+
+# Values at the edge of a rule that must still be accepted.
+VALID_EDGES = [
+    ("sentimentmodel-full", {"spec.drift.window": "1s"}),
+    ("sentimentmodel-full", {"spec.drift.window": "1.5h"}),
+    ("sentimentmodel-minimal", {"spec.artifact.uri": "s3://ml-models/m.tar"}),
+    ("sentimentmodel-minimal", {"spec.artifact.uri": "pvc://sentiment-models/minilm"}),
+    # a request equal to its limit, and a request spelled differently from a larger limit
+    ("sentimentmodel-full", {"spec.resources.requests": {"cpu": "1500m", "memory": "2Gi"}}),
+    ("sentimentmodel-full", {"spec.resources.requests": {"cpu": 2, "memory": "2048Mi"}}),
+    # a CPU limit alone: Kubernetes defaults the request to it, so the autoscaler has one
+    ("sentimentmodel-full", {"spec.resources": {"limits": {"cpu": "2"}}}),
+    (
+        "sentimentmodel-full",
+        {
+            "spec.resources": {
+                "requests": {"cpu": "500m", "nvidia.com/gpu": 1, "hugepages-2Mi": "64Mi"},
+                "limits": {"nvidia.com/gpu": "1", "hugepages-2Mi": "64Mi", "ephemeral-storage": "1Gi"},
+            }
+        },
+    ),
+    ("sentimentmodel-minimal", {"spec.resources": {"requests": {"cpu": "0", "memory": "0"}}}),
+    ("sentimentrollout-minimal", {"spec.analysis": {"interval": "1s", "window": "1.5s"}}),
+    # errorRateFor 0s is a choice, not a mistake: breach at the first analysis above errorRate
+    ("sentimentrollout-minimal", {"spec.analysis": {"thresholds": {"errorRateFor": "0s"}}}),
+    (
+        "sentimentrollout-minimal",
+        {"spec.steps": [{"pause": {"duration": "1s"}}, {"watch": {"duration": "1m"}}]},
+    ),
+    ("sentimentrollout-minimal", {"spec.shadow": {"enabled": False}}),
+]
+
+
+@pytest.mark.parametrize(("name", "changes"), VALID_EDGES, ids=[f"{n}:{c}" for n, c in VALID_EDGES])
+def test_instance_at_the_edge_of_a_rule_is_accepted(name: str, changes: dict[str, Any]) -> None:
+    doc = mutate(example(name), changes)
+    assert [str(v) for v in violations(doc, doc["kind"])] == []

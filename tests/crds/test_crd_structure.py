@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import copy
+from fractions import Fraction
 from typing import Any
 
+import celpy
 import kubernetes_validate
 import pytest
 from crd_schema import (
     CRD_FILES,
+    Quantity,
     apply_defaults,
     cel_violations,
     compile_cel,
     load_crd,
     openapi_schema,
+    parse_quantity,
     schema_nodes,
     schema_violations,
     structural_problems,
@@ -278,3 +282,35 @@ def test_status_schema_is_closed() -> None:
             {"apiVersion": "x", "kind": kind, "spec": {}, "status": {"phasee": "Ready"}}, kind
         )
         assert "status.phasee" in {v.path for v in found}
+
+
+# The offline stand-in for Kubernetes' quantity(): values as resource.ParseQuantity reads them.
+# e2e/test_crd_validation.py checks the rules with the API server's own library.
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", Fraction(1, 2)),
+        ("2", Fraction(2)),
+        ("+1", Fraction(1)),
+        ("-1", Fraction(-1)),
+        (".5", Fraction(1, 2)),
+        ("1.", Fraction(1)),
+        ("1Gi", Fraction(2**30)),
+        ("1G", Fraction(10**9)),
+        ("1E", Fraction(10**18)),
+        ("1e3", Fraction(1000)),
+        ("1E3", Fraction(1000)),
+        ("1e-3", Fraction(1, 1000)),
+        ("2.5Mi", Fraction(5 * 2**19)),
+        ("100n", Fraction(1, 10**7)),
+    ],
+)
+def test_quantity_shim_reads_what_kubernetes_reads(text: str, value: Fraction) -> None:
+    assert parse_quantity(text) == Quantity(value)
+
+
+@pytest.mark.parametrize("text", ["", "lots", "1 Gi", "1gi", "1e1.5", "1Kb", "--1", "."])
+def test_quantity_shim_refuses_what_kubernetes_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="quantities must match"):
+        parse_quantity(text)
+    assert not compile_cel("isQuantity(self)").evaluate({"self": celpy.json_to_cel(text)})
