@@ -29,6 +29,7 @@ from inference_server.bench.targets import (
     as_run_overhead,
     evaluate_targets,
     figure,
+    loadgen_floor_ms,
     overhead_ms,
     percent,
     times,
@@ -489,29 +490,13 @@ def _overhead_section(res: BenchResults) -> list[str]:
                     _struck(figure(run.request_mean_ms, 2), bad),
                     _struck(figure(run.server_mean_ms, 2), bad),
                     _struck(figure(run.summary.mean_ms, 2), bad),
+                    _struck(figure(o.judged, 2), bad),
                     _struck(figure(o.by_histogram, 2), bad),
                     _struck(figure(o.by_handler, 2), bad),
                     _struck(figure(o.client, 2), bad),
                 ]
             )
-    lines = [
-        "## Per-request overhead at concurrency 1",
-        "",
-        "What the server adds is measured against the forward pass *as the server ran it*: every server "
-        "times each pass on its forward thread (`sentiment_forward_latency_seconds`), and at concurrency 1 "
-        "each request has exactly one pass. **The judged figure** is the mean of the server's own "
-        "request-latency histogram (`sentiment_request_latency_seconds`, `/infer` answers with "
-        '`status_class="2xx"`: from its metrics middleware seeing the request to the last byte handed to '
-        "the transport, so with serialisation and the send; without uvicorn's HTTP parsing, the outermost "
-        "error middleware and the log line written after the response) minus the mean pass, both read "
-        "from `/metrics` before and after the cell. "
-        "Beside it: the response's `latency_ms` (taken in the handler, before serialisation, the send and "
-        "the log line: it understates) minus the mean pass, and the client-observed mean (adds HTTP on "
-        "loopback and the client) minus the mean pass. The comparison with the bare in-process "
-        "`forward_ids` p50 (fp32, or INT8 for (d)) is kept for the naive app, which reports no forward "
-        "time; it mixes in whatever else ran when each was measured.",
-        "",
-    ]
+    lines = ["## Per-request overhead at concurrency 1", "", _overhead_text(res), ""]
     lines += _table(
         [
             "variant",
@@ -523,6 +508,7 @@ def _overhead_section(res: BenchResults) -> list[str]:
             "request histogram mean ms",
             "handler latency_ms mean ms",
             "HTTP mean ms",
+            "overhead: client-observed − forward − loadgen floor ms (judged)",
             "overhead: request histogram − forward ms",
             "overhead: latency_ms − forward ms",
             "overhead: client-observed − forward ms",
@@ -530,6 +516,44 @@ def _overhead_section(res: BenchResults) -> list[str]:
         rows,
     )
     return [*lines, ""]
+
+
+def _floor_text(meta: Mapping[str, Any]) -> str:
+    floor, raw = loadgen_floor_ms(meta), meta.get("loadgen_floor") or {}
+    if floor is None:
+        return (
+            "**The load generator's floor was not measured in this run** (results from before it was), "
+            "so the overhead lines are *not measured*: the request-histogram figure below leaves out "
+            "uvicorn's read, parse and dispatch, the outermost middlewares and the log line, and the "
+            "client-observed one still holds the client's own share."
+        )
+    return (
+        f"The load generator's floor in this run: {floor:.3f} ms mean "
+        f"(p50 {figure(raw.get('p50_ms'), 3)} ms, "
+        f"{raw.get('requests', '?')} requests over {figure(raw.get('duration_s'))} s, the same client at "
+        "c=1 against a no-op asyncio HTTP responder on loopback, not uvicorn)."
+    )
+
+
+def _overhead_text(res: BenchResults) -> str:
+    return (
+        "What the server adds is measured against the forward pass *as the server ran it*: every server "
+        "times each pass on its forward thread (`sentiment_forward_latency_seconds`), and at concurrency 1 "
+        "each request has exactly one pass. **The judged figure** is what a caller waits for beyond that "
+        "pass: the client-observed mean latency of the c=1 cell, minus the mean pass over the same cell "
+        "(read from `/metrics` before and after it), minus the load generator's own floor — its mean "
+        "latency at c=1 against a no-op HTTP responder (raw asyncio, not uvicorn), measured in the same "
+        "run. So uvicorn's read, parse and dispatch, every middleware, serialisation, the send and the log "
+        "line all count as the server's. " + _floor_text(res.meta) + " Beside it, as a breakdown: the "
+        "server's own request-latency histogram (`sentiment_request_latency_seconds`, `/infer` answers "
+        'with `status_class="2xx"`: from its metrics middleware seeing the request to the last byte handed '
+        "to the transport; without uvicorn's HTTP parsing, the outermost error middleware and the log "
+        "line) minus the mean pass; the response's `latency_ms` (taken in the handler, before "
+        "serialisation, the send and the log line) minus the mean pass; and the client-observed mean minus "
+        "the mean pass with the floor left in. The comparison with the bare in-process `forward_ids` p50 "
+        "(fp32, or INT8 for (d)) is kept for the naive app, which reports no forward time; it mixes in "
+        "whatever else ran when each was measured."
+    )
 
 
 def int8_description(meta: dict[str, Any]) -> str:
@@ -565,27 +589,57 @@ def _quality_section(res: BenchResults) -> list[str]:
 
 
 def _served_quality_lines(res: BenchResults) -> list[str]:
-    served = [x for x in (res.served_quality(v) for v in VARIANTS) if x is not None]
+    answered = [v for v in VARIANTS if res.answers_of(v)]
+    texts = res.served_texts(answered)
+    served = [x for x in (res.served_quality(v, answered) for v in answered) if x is not None]
     if not served:
+        if any(r.confusion for r in res.closed):  # results from before each text's answer was kept
+            return [
+                "Served answers' macro-F1: not shown. These results pooled every answer of every cell, "
+                "which weights each text by how far each server got through the inputs, not by what it "
+                "answered.",
+                "",
+            ]
         return []
     n = res.meta.get("inputs", {}).get("short_n", "?")
     lines = _table(
-        ["served by", "macro-F1", "accuracy", "answers"],
+        ["served by", "macro-F1", "accuracy", "texts"],
         [[title(x.variant), f"{x.macro_f1:.4f}", f"{x.accuracy:.4f}", str(x.answers)] for x in served],
     )
     return [
         *lines,
         "",
-        f"The same measure on what the servers **answered**: every 200 answer of the valid closed-loop "
-        f"cells on the {n} short inputs (real test sentences with their gold label; a text answered in "
-        "several cells counts each time). INT8 answers depend on their batch companions (dynamic "
-        "quantization scales per batch), so this is what users got; a smaller sample than the test split, "
-        "shown, not judged.",
+        f"The same measure on what the servers **answered**: each server's first 200 answer to each of the "
+        f"{len(texts)} labelled short inputs (of {n}; real test sentences with their gold label) that "
+        "every server listed answered in its valid closed-loop cells — the same texts for every server, "
+        "each once, so a server that got further through the inputs is not weighted differently. INT8 "
+        "answers depend on their batch companions (dynamic quantization scales per batch), so this is what "
+        "users got; a smaller sample than the test split, shown, not judged.",
         "",
     ]
 
 
+def _lf(text: str) -> str:
+    """A report as this module writes it: an editor or git's autocrlf may have turned it into CRLF."""
+    return text.replace("\r\n", "\n")
+
+
+def findings_problem(previous: str) -> str | None:
+    """Why regenerating over ``previous`` would lose hand-written Findings, or None: a Findings heading
+    without an intact marker pair, or text after the end marker (which the next report would drop)."""
+    text = _lf(previous)
+    if "\n## Findings" not in text and not text.startswith("## Findings"):
+        return None
+    if not _FINDINGS_RE.search(text):
+        return "its Findings have no intact `findings:start` / `findings:end` marker pair"
+    after = text.split(FINDINGS_END, 1)[1].split("\n## Reproduce", 1)[0]
+    if after.strip():
+        return "it has text after `<!-- findings:end -->`, outside the part that is kept"
+    return None
+
+
 def _findings_section(previous: str | None, date: str) -> list[str]:
+    previous = _lf(previous) if previous else None
     kept = extract_findings(previous) if previous else None
     if kept is None or kept == NO_FINDINGS:
         body, written_for = NO_FINDINGS, date
@@ -603,7 +657,7 @@ def _findings_section(previous: str | None, date: str) -> list[str]:
 
 def extract_findings(previous: str) -> str | None:
     """The hand-written body between the markers (without the run-date line), or None."""
-    match = _FINDINGS_RE.search(previous)
+    match = _FINDINGS_RE.search(_lf(previous))
     if not match:
         return None
     return _FINDINGS_RUN_RE.sub("", match.group(1), count=1).strip("\n")
@@ -612,6 +666,7 @@ def extract_findings(previous: str) -> str | None:
 def findings_date(previous: str) -> str | None:
     """The run the kept findings were written for: the date recorded with them, else (a report from
     before the record) the date that report was generated on."""
+    previous = _lf(previous)
     kept = _FINDINGS_RE.search(previous)
     recorded = _FINDINGS_RUN_RE.search(kept.group(1)) if kept else None
     if recorded:

@@ -62,6 +62,9 @@ class ClosedRun:
     first_error: str | None = None
     # Served answers on inputs with a gold label (the short inputs): gold → served label → count.
     confusion: dict[str, dict[str, int]] | None = None
+    # The cell's first answer to each labelled input: input index → (gold, served label). What the
+    # served macro-F1 is computed from, each text once (``served_quality``).
+    answers: dict[int, tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,31 @@ def confusion_of(
     return out
 
 
+def first_answers(
+    records: Iterable[Sequence[Any]], gold: Sequence[str | None]
+) -> dict[int, tuple[str, str]] | None:
+    """input index → (gold, served label) of the first 200 answer to each labelled input; None without
+    gold labels. Records as for ``confusion_of``."""
+    if not any(g is not None for g in gold):
+        return None
+    out: dict[int, tuple[str, str]] = {}
+    for index, status, _, label, *_ in records:
+        truth = gold[index]
+        if status == 200 and truth is not None and label is not None and index not in out:
+            out[index] = (truth, label)
+    return out
+
+
+def confusion_over(answers: Mapping[int, tuple[str, str]], texts: Iterable[int]) -> dict[str, dict[str, int]]:
+    """gold → served → count over ``texts``, one answer each."""
+    out: dict[str, dict[str, int]] = {}
+    for i in texts:
+        truth, served = answers[i]
+        row = out.setdefault(truth, {})
+        row[served] = row.get(served, 0) + 1
+    return out
+
+
 @dataclass(frozen=True)
 class ServedQuality:
     variant: str
@@ -136,16 +164,6 @@ def quality_of_confusion(
     return ServedQuality(variant, total, f1, float(np.trace(cm)) / total)
 
 
-def merge_confusions(confusions: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for c in confusions:
-        for gold, row in c.items():
-            mine = out.setdefault(gold, {})
-            for served, n in row.items():
-                mine[served] = mine.get(served, 0) + n
-    return out
-
-
 @dataclass
 class BenchResults:
     meta: dict[str, Any]
@@ -174,15 +192,30 @@ class BenchResults:
         rates = [r.summary.rps for r in cells if not invalid(r)] or [r.summary.rps for r in cells]
         return max(rates) if rates else math.nan
 
-    def served_quality(self, variant: str) -> ServedQuality | None:
-        """Macro-F1 of the variant's served answers, pooled over its valid closed-loop cells on labelled
-        inputs (each answer counts once: a text answered in several cells counts each time)."""
-        found = [r.confusion for r in self.closed if r.variant == variant and r.confusion and not invalid(r)]
-        if not found:
+    def answers_of(self, variant: str) -> dict[int, tuple[str, str]]:
+        """The variant's first answer to each labelled text over its valid closed-loop cells (in the
+        order they ran): what it answered, not how often it got to each text."""
+        out: dict[int, tuple[str, str]] = {}
+        for r in self.closed:
+            if r.variant == variant and r.answers and not invalid(r):
+                for i, answer in r.answers.items():
+                    out.setdefault(i, answer)
+        return out
+
+    def served_texts(self, variants: Sequence[str]) -> list[int]:
+        """The labelled texts every one of ``variants`` answered (empty when one answered none)."""
+        sets = [set(self.answers_of(v)) for v in variants]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def served_quality(self, variant: str, among: Sequence[str]) -> ServedQuality | None:
+        """Macro-F1 of the variant's served answers on the labelled texts every variant of ``among``
+        answered, each text once (its first answer): like for like, whichever server got further.
+        None without answers (results from before they were recorded)."""
+        texts = self.served_texts(among)
+        if variant not in among or not texts:
             return None
-        return quality_of_confusion(
-            variant, merge_confusions(found), self.meta.get("model", {}).get("labels", [])
-        )
+        confusion = confusion_over(self.answers_of(variant), texts)
+        return quality_of_confusion(variant, confusion, self.meta.get("model", {}).get("labels", []))
 
     def other_cpu(self) -> OthersCpu | None:
         raw = self.meta.get("other_cpu")
@@ -207,7 +240,10 @@ class BenchResults:
         """Back from ``to_dict`` (the JSON next to the report), to re-render a report without re-running."""
 
         def closed(d: dict[str, Any]) -> ClosedRun:
-            return ClosedRun(**{**d, "summary": RunSummary.from_dict(d["summary"])})
+            answers = d.get("answers")
+            if answers is not None:  # JSON keys are strings, pairs are lists
+                answers = {int(k): (str(g), str(x)) for k, (g, x) in answers.items()}
+            return ClosedRun(**{**d, "summary": RunSummary.from_dict(d["summary"]), "answers": answers})
 
         def opened(d: dict[str, Any]) -> OpenRun:
             return OpenRun(**{**d, "summary": RunSummary.from_dict(d["summary"])})

@@ -3,12 +3,15 @@
     python -m inference_server.bench.server_bench --report docs/reports/server-benchmark.md [--quick]
 
 Steps: pick the inputs from the test split → in-process ceiling, bare forward latency and fp32/INT8
-macro-F1 → for each server variant, start it on loopback with an explicit environment (servers.py),
-drive it with the load generator (its own process) closed-loop at each concurrency and open-loop at 75%
-of its best throughput, stop it → paired rounds at c=32 → write the Markdown report and a JSON file of
-raw figures next to it. Throughout, the CPU that other processes take is sampled (machine.py). Targets
-missed, and cells whose requests failed, are reported, not fatal: the exit code is 0 for a completed
-run, 1 when a server or the load generator failed, 2 for bad arguments.
+macro-F1 → the load generator's own floor (c=1 against a no-op responder, noop_server.py) → for each
+server variant, start it on loopback with an explicit environment (servers.py), drive it with the load
+generator (its own process) closed-loop at each concurrency and open-loop at 75% of its best
+throughput, stop it → paired rounds at c=32 → write the Markdown report and a JSON file of raw figures
+next to it. Throughout, the CPU that other processes take is sampled (machine.py). Targets missed, and
+cells whose requests failed, are reported, not fatal: the exit code is 0 for a completed run, 1 when a
+server or the load generator failed (a server that died under test is named, with the cell and its exit
+code, in a report that draws no verdicts; a server that never started leaves the old report alone), 2
+for bad arguments (a report whose hand-written Findings would be lost counts as one).
 """
 
 from __future__ import annotations
@@ -37,19 +40,30 @@ from inference_server.bench.inprocess import Ceiling
 from inference_server.bench.inputs import InputSet, join_long, joined_text, select_short
 from inference_server.bench.machine import CpuMonitor
 from inference_server.bench.paired import PAIRED_CONCURRENCY, PairedRound, ceiling_candidates
-from inference_server.bench.report import busy_note, render_report
+from inference_server.bench.report import busy_note, findings_problem, render_report
 from inference_server.bench.results import (
     VARIANT_TITLES,
     BenchResults,
     ClosedRun,
     OpenRun,
     confusion_of,
+    first_answers,
     invalid,
     precision_of,
     title,
 )
-from inference_server.bench.servers import SERVER_OMP_WAIT_POLICY, RunningServer, thread_cpu_s
+from inference_server.bench.servers import (
+    SERVER_OMP_WAIT_POLICY,
+    RunningServer,
+    ServerDiedError,
+    thread_cpu_s,
+)
 from inference_server.bench.stats import RunSummary, summarise
+from inference_server.bench.targets import (
+    MEASURED_DURATION_S,
+    MEASURED_MAX_REQUESTS,
+    MEASURED_OPEN_DURATION_S,
+)
 from inference_server.contract import (
     LABEL_ENDPOINT,
     LABEL_STATUS_CLASS,
@@ -72,10 +86,14 @@ LONG_TOKENS = (110, 130)
 @dataclass(frozen=True)
 class Plan:
     concurrencies: tuple[int, ...] = (1, 8, 32, 64)
-    duration_s: float = 8.0
-    max_requests: int = 3000
+    # Below these a run draws no verdicts (targets.verdicts_off).
+    duration_s: float = MEASURED_DURATION_S
+    max_requests: int = MEASURED_MAX_REQUESTS
     min_warmup: int = 8
-    open_duration_s: float = 12.0
+    open_duration_s: float = MEASURED_OPEN_DURATION_S
+    # The load generator at c=1 against the no-op responder: its own floor, subtracted from the
+    # client-observed overhead (targets._overhead_target).
+    floor_duration_s: float = 4.0
     arrivals: str = "poisson"
     ceiling_batch_sizes: tuple[int, ...] = (1, 8, 16, 32, 64)
     ceiling_min_time_s: float = 2.5
@@ -101,6 +119,7 @@ QUICK = Plan(
     max_requests=16,
     min_warmup=2,
     open_duration_s=1.0,
+    floor_duration_s=0.5,
     ceiling_batch_sizes=(1, 8),
     ceiling_min_time_s=0.1,
     single_samples=4,
@@ -130,6 +149,14 @@ def log(message: str) -> None:
 
 
 # --- model and inputs ------------------------------------------------------------------------------
+def is_default_model(model_dir: Path) -> bool:
+    """Whether ``model_dir`` is the built default model (the one the targets are about)."""
+    from inference_server.ml.default_model import default_model_dir
+
+    built = default_model_dir()
+    return built is not None and built.resolve() == model_dir.resolve()
+
+
 def resolve_model(args: argparse.Namespace, workdir: Path, notes: list[str]) -> tuple[Path, str, bool]:
     """(model directory, how it was chosen, whether it is the tiny fallback)."""
     if args.model is not None:
@@ -334,11 +361,20 @@ def _metrics_spec(url: str) -> dict[str, Any]:
 
 
 def run_loadgen(
-    url: str, texts: Sequence[str], runs: list[dict[str, Any]], bench: Bench, tag: str
+    server: RunningServer,
+    texts: Sequence[str],
+    runs: list[dict[str, Any]],
+    bench: Bench,
+    tag: str,
+    *,
+    metrics: bool = True,
 ) -> list[dict[str, Any]]:
+    """The load generator's runs against ``server``'s /infer; ``metrics``: read sentiment-server's
+    histograms around each run. Raises ServerDiedError when the server exited meanwhile."""
+    url = server.base_url + "/infer"
     spec_path, out_path = bench.workdir / f"{tag}.spec.json", bench.workdir / f"{tag}.result.json"
     spec: dict[str, Any] = {"url": url, "texts": list(texts), "runs": runs}
-    if not tag.startswith("naive"):  # sentiment-server: read its histograms from /metrics
+    if metrics:
         spec["metrics"] = _metrics_spec(url)
     spec_path.write_text(json.dumps(spec))
     budget = sum(r["duration_s"] + 120.0 for r in runs) + 60.0
@@ -349,10 +385,21 @@ def run_loadgen(
         check=False,
     )
     bench.monitor.mark(tag)
+    runs_out: list[dict[str, Any]] = json.loads(out_path.read_text())["runs"] if out_path.is_file() else []
+    check_alive(server, runs_out, tag)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed (exit {proc.returncode}) for {tag}")
-    runs_out: list[dict[str, Any]] = json.loads(out_path.read_text())["runs"]
     return runs_out
+
+
+def check_alive(server: RunningServer, runs: Sequence[dict[str, Any]], tag: str) -> None:
+    """Raise ServerDiedError naming the cell when the server exited during these load runs: the first
+    cell with a failed request (the server's death shows there), else the whole batch of runs."""
+    code = server.exit_code()
+    if code is None:
+        return
+    cell = next((r["name"] for r in runs if r.get("first_error")), tag)
+    raise ServerDiedError(f"{server.name} exited with {code} during cell {cell}")
 
 
 def _summary_of(run: dict[str, Any], *, count_failures: bool = False) -> tuple[RunSummary, list[Any]]:
@@ -374,7 +421,7 @@ def _mean(run: dict[str, Any], key: str, scale: float = 1.0) -> float | None:
 
 
 def closed_runs(
-    variant: str, url: str, inputs: InputSet, expected: list[str], bench: Bench
+    variant: str, server: RunningServer, inputs: InputSet, expected: list[str], bench: Bench
 ) -> list[ClosedRun]:
     plan = bench.plan
     runs = [
@@ -391,7 +438,9 @@ def closed_runs(
     out = []
     for c, run in zip(
         plan.concurrencies,
-        run_loadgen(url, inputs.texts, runs, bench, f"{variant}-{inputs.name}-closed"),
+        run_loadgen(
+            server, inputs.texts, runs, bench, f"{variant}-{inputs.name}-closed", metrics=variant != "naive"
+        ),
         strict=True,
     ):
         summary, ok = _summary_of(run)
@@ -412,6 +461,7 @@ def closed_runs(
             warmup_errors=int(run.get("warmup_errors", 0)),
             first_error=run["first_error"],
             confusion=confusion_of(run["records"], inputs.labels),
+            answers=first_answers(run["records"], inputs.labels),
         )
         if run["first_error"]:
             log(f"  first error: {run['first_error']}")
@@ -427,7 +477,7 @@ def closed_runs(
     return out
 
 
-def open_run(variant: str, url: str, inputs: InputSet, rate: float, bench: Bench) -> OpenRun:
+def open_run(variant: str, server: RunningServer, inputs: InputSet, rate: float, bench: Bench) -> OpenRun:
     plan = bench.plan
     spec = [
         {
@@ -440,7 +490,9 @@ def open_run(variant: str, url: str, inputs: InputSet, rate: float, bench: Bench
             "seed": 0,
         }
     ]
-    (run,) = run_loadgen(url, inputs.texts, spec, bench, f"{variant}-{inputs.name}-open")
+    (run,) = run_loadgen(
+        server, inputs.texts, spec, bench, f"{variant}-{inputs.name}-open", metrics=variant != "naive"
+    )
     summary, _ = _summary_of(run, count_failures=True)
     if run["first_error"]:
         log(f"  first error: {run['first_error']}")
@@ -461,6 +513,36 @@ def open_run(variant: str, url: str, inputs: InputSet, rate: float, bench: Bench
         f"{result.warmup_errors} warm-up errors" + (" — INVALID" if invalid(result) else "")
     )
     return result
+
+
+def measure_loadgen_floor(texts: Sequence[str], bench: Bench) -> dict[str, Any]:
+    """The load generator at c=1 for a few seconds against the no-op responder (noop_server.py): what
+    a request costs the client and loopback with no server work, for the c=1 overhead target."""
+    from inference_server.bench.servers import noop_server
+
+    spec = {
+        "name": "loadgen-floor",
+        "mode": "closed",
+        "concurrency": 1,
+        "max_requests": 1_000_000,  # bounded by the duration
+        "duration_s": bench.plan.floor_duration_s,
+        "warmup": bench.plan.min_warmup,
+    }
+    with noop_server(bench.workdir) as server:
+        (run,) = run_loadgen(server, texts, [spec], bench, "loadgen-floor", metrics=False)
+    summary, _ = _summary_of(run)
+    if summary.errors or run.get("warmup_errors") or not summary.requests:
+        raise RuntimeError(f"the load generator's floor run failed: {run['first_error']}")
+    floor = {
+        "mean_ms": summary.mean_ms,
+        "p50_ms": summary.p50_ms,
+        "requests": summary.requests,
+        "duration_s": run["elapsed_s"],
+        "client_cpu_ms_per_request": 1000.0 * run["client_cpu_s"] / summary.requests,
+        "responder": "raw asyncio HTTP/1.1 no-op (inference_server/bench/noop_server.py)",
+    }
+    log(f"load generator's floor at c=1: mean {summary.mean_ms:.3f} ms over {summary.requests} requests")
+    return floor
 
 
 def _server(variant: str, model_dir: Path, bench: Bench) -> AbstractContextManager[RunningServer]:
@@ -500,12 +582,11 @@ def bench_variant(
         log(f"{title(variant)} ready after {server.started_s:.1f}s at {server.base_url}")
         res.meta.setdefault("startup_s", {})[variant] = round(server.started_s, 1)
         _record_settings(variant, server, res)
-        url = server.base_url + "/infer"
         precision = precision_of(variant)
         for s in inputs:
-            res.closed += closed_runs(variant, url, s, expected[(precision, s.name)], bench)
+            res.closed += closed_runs(variant, server, s, expected[(precision, s.name)], bench)
             rate = OPEN_LOOP_LOAD * res.max_rps(variant, s.name)
-            res.open.append(open_run(variant, url, s, rate, bench))
+            res.open.append(open_run(variant, server, s, rate, bench))
 
 
 def _round_ceiling(m: Any, ceil: Ceiling, ids: Sequence[list[int]], plan: Plan) -> tuple[float, str]:
@@ -590,7 +671,7 @@ def _paired_cell(
     }
     cpu_before = thread_cpu_s(server.pid)
     (run,) = run_loadgen(
-        server.base_url + "/infer", inputs.texts, [spec], bench, f"{variant}-{inputs.name}-paired-{k}"
+        server, inputs.texts, [spec], bench, f"{variant}-{inputs.name}-paired-{k}", metrics=variant != "naive"
     )
     loop_cpu_s = thread_cpu_s(server.pid) - cpu_before
     summary, _ = _summary_of(run)
@@ -692,6 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model is not None and not args.model.is_dir():
             raise SystemExit(f"server_bench: --model {args.model} is not a directory; pass a model directory")
         plan = _plan(args)
+        _previous_report(args.report)  # before a run of many minutes, not after it
         if args.render_from is not None:
             return _render_only(args.render_from, args.report, plan)
         with _workdir(args) as workdir:
@@ -744,6 +826,8 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
                 "kind": model_kind,
                 "labels": labels,
                 "fallback": fallback,
+                # Only the default model's figures are judged (targets.verdicts_off).
+                "default": not fallback and (args.model is None or is_default_model(model_dir)),
             },
             "inputs": {
                 "short_n": len(short.texts),
@@ -774,12 +858,33 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
     monitor.mark("in-process: ceilings, bare forward, macro-F1")
     res.ceilings, res.quality = inproc.ceilings, inproc.quality
     try:
+        res.meta["loadgen_floor"] = measure_loadgen_floor(short.texts, bench)
         for variant in variants:
             bench_variant(variant, model_dir, (short, long), inproc.expected, bench, res)
         run_paired(model_dir, models, (short, long), variants, bench, res)
+    except ServerDiedError as exc:
+        log(f"FAILED: {exc}")
+        # Written anyway, so the file says what happened; no target is judged on it (verdicts_off).
+        record_server_death(res, exc)
+        _finish(res, args, bench, t0)
+        return EXIT_FAILED
     except Exception as exc:
         log(f"FAILED: {exc}")
         return EXIT_FAILED
+    _finish(res, args, bench, t0)
+    return EXIT_OK
+
+
+def record_server_death(res: BenchResults, exc: ServerDiedError) -> None:
+    """Mark the results of a run whose server died: a banner naming it, and no verdicts."""
+    died = str(exc).split("\n", 1)[0]
+    res.meta["server_died"] = died
+    res.notes.append(f"A SERVER DIED UNDER TEST: {died}. The run stopped there (exit 1); no verdicts.")
+
+
+def _finish(res: BenchResults, args: argparse.Namespace, bench: Bench, t0: float) -> None:
+    """Close the run's records and write the report and its JSON."""
+    monitor = bench.monitor
     monitor.mark("servers stopped")
     others = monitor.summary()
     if others is not None:
@@ -794,9 +899,8 @@ def _run(args: argparse.Namespace, plan: Plan, variants: list[str], workdir: Pat
     )
     res.meta["wall_s"] = time.perf_counter() - t0
     _loud_notes(res)
-    write_report(res, args.report, args.json, plan)
+    write_report(res, args.report, args.json, bench.plan)
     log(f"report written to {args.report} in {res.meta['wall_s']:.0f}s")
-    return EXIT_OK
 
 
 def _render_only(raw: Path, report: Path, plan: Plan) -> int:
@@ -804,8 +908,7 @@ def _render_only(raw: Path, report: Path, plan: Plan) -> int:
         raise SystemExit(f"server_bench: --render-from {raw} is not a file; pass the JSON of an earlier run")
     res = BenchResults.from_dict(json.loads(raw.read_text()))
     concurrencies = sorted({r.concurrency for r in res.closed}) or list(plan.concurrencies)
-    previous = report.read_text() if report.is_file() else None
-    report.write_text(render_report(res, concurrencies=concurrencies, previous=previous))
+    report.write_text(render_report(res, concurrencies=concurrencies, previous=_previous_report(report)))
     log(f"report re-rendered from {raw} to {report}")
     return EXIT_OK
 
@@ -828,9 +931,25 @@ def _loud_notes(res: BenchResults) -> None:
         res.notes.append(note)
 
 
+def _previous_report(report: Path) -> str | None:
+    """The report about to be replaced, whose hand-written Findings the new one keeps; SystemExit (a
+    usage error) when replacing it would lose them (report.findings_problem)."""
+    if not report.is_file():
+        return None
+    previous = report.read_text()
+    problem = findings_problem(previous)
+    if problem is not None:
+        raise SystemExit(
+            f"server_bench: not overwriting {report}: {problem}; restore the "
+            "<!-- findings:start ... --> / <!-- findings:end --> pair around all of its Findings, "
+            "or pass --report elsewhere"
+        )
+    return previous
+
+
 def write_report(res: BenchResults, report: Path, json_path: Path | None, plan: Plan) -> None:
     report.parent.mkdir(parents=True, exist_ok=True)
-    previous = report.read_text() if report.is_file() else None
+    previous = _previous_report(report)
     report.write_text(render_report(res, concurrencies=plan.concurrencies, previous=previous))
     (json_path or report.with_suffix(".json")).write_text(json.dumps(res.to_dict(), indent=1) + "\n")
 

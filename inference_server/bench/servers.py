@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -46,6 +46,15 @@ class ServerStartError(RuntimeError):
     """A server under test exited or never became ready; the message holds the tail of its log."""
 
 
+class ServerDiedError(RuntimeError):
+    """A server under test exited on its own after it was ready (killed for memory, crashed), or with an
+    error when stopped: no figure measured on it after that may stand."""
+
+
+def _still_running() -> int | None:
+    return None
+
+
 @dataclass(frozen=True)
 class RunningServer:
     name: str
@@ -54,6 +63,8 @@ class RunningServer:
     log_path: Path
     started_s: float  # seconds from spawn to ready
     env: dict[str, str]  # what the bench set for it (over the harness's environment minus server settings)
+    # Its exit code if it has exited (Popen.poll), else None: checked after every load run.
+    exit_code: Callable[[], int | None] = field(default=_still_running, compare=False)
 
 
 def thread_cpu_s(pid: int, tid: int | None = None) -> float:
@@ -142,15 +153,19 @@ def settings_in_effect(env: Mapping[str, str]) -> dict[str, str]:
     return shown
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """Stop the server (SIGTERM, SIGKILL after ``STOP_TIMEOUT_S``); its exit code."""
     if proc.poll() is not None:
-        return
+        return proc.returncode
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(STOP_TIMEOUT_S)
+        return proc.wait(STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        return proc.wait()
+
+
+CLEAN_STOPS = frozenset({0, -signal.SIGTERM})
 
 
 @contextlib.contextmanager
@@ -164,9 +179,16 @@ def _spawn(
     try:
         base = f"http://{HOST}:{port}"
         _wait_ready(proc, base + ready_path, log_path, name)
-        yield RunningServer(name, base, proc.pid, log_path, time.perf_counter() - t0, dict(env))
+        yield RunningServer(
+            name, base, proc.pid, log_path, time.perf_counter() - t0, dict(env), exit_code=proc.poll
+        )
+        died = proc.poll()  # before we stop it: an exit here was the server's own
     finally:
-        _stop(proc)
+        stopped = _stop(proc)
+    if died is not None:
+        raise ServerDiedError(f"{name} exited with {died} while under test:\n{_tail(log_path)}")
+    if stopped not in CLEAN_STOPS:
+        raise ServerDiedError(f"{name} exited with {stopped} when stopped:\n{_tail(log_path)}")
 
 
 def _sentiment_server_argv() -> list[str]:
@@ -230,6 +252,15 @@ def sentiment_server(
         extra_env=extra_env,
     )
     with _spawn(name, _sentiment_server_argv(), env, "/readyz", port, workdir / f"{name}.log") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def noop_server(workdir: Path) -> Iterator[RunningServer]:
+    """The no-op responder (bench/noop_server.py) the load generator's own floor is measured against."""
+    port = free_port()
+    argv = [sys.executable, "-m", "inference_server.bench.noop_server", str(port)]
+    with _spawn("bench-noop", argv, {}, "/", port, workdir / "bench-noop.log") as server:
         yield server
 
 
