@@ -501,6 +501,33 @@ def test_bare_forward_is_timed_with_an_idle_gap_over_every_input_in_order() -> N
 
 
 # 3. the paired rounds' ceiling: the best of a few batch sizes, each over several batches; flags
+def test_a_median_just_under_its_line_is_not_written_as_the_line() -> None:
+    """79.6% against "≥ 80%" read "median 80%" beside MISS (12:22 run): the median gets the digits it
+    takes to show it is below the line; values clear of the line keep the short form."""
+    from inference_server.bench.paired import PairedRound
+
+    res = _results(fp32_rps=120, ceiling=140)
+    for k, (fp32, int8_rps, ceiling_sps) in enumerate(
+        [(79.6, 135.0, 100), (70, 118.7, 100), (90, 153.0, 100)]
+    ):
+        res.paired.append(
+            PairedRound(
+                "short",
+                k,
+                {"naive": 30.0, "fp32": fp32, "int8": int8_rps},
+                {"fp32": ceiling_sps, "int8": 200},
+            )
+        )
+    verdicts = {t.name: t for t in evaluate_targets(res)}
+    ceiling = verdicts["fp32 server vs raw ceiling, c=32, short"]
+    assert ceiling.passed is False
+    assert ceiling.measured.startswith("median 79.6% of 3 paired rounds (70%–90%)")
+    int8 = verdicts["INT8 vs fp32 server, c=32, short"]  # rounds 1.696×, 1.696×, 1.700×
+    assert int8.passed is False and int8.measured.startswith("median 1.696× of 3 paired rounds")
+    naive = verdicts["fp32 server vs naive, c=32, short"]
+    assert naive.passed is False and naive.measured.startswith("median 2.65×")  # clear of 3×: short form
+
+
 def test_paired_ceiling_candidates_are_the_winner_and_the_servers_batch_sizes() -> None:
     from inference_server.bench.paired import ceiling_candidates
 
