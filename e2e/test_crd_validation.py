@@ -173,16 +173,23 @@ INVALID_MODELS = [
 ]
 
 
-@pytest.mark.parametrize(("changes", "field", "fragment"), INVALID_MODELS, ids=[i[1] for i in INVALID_MODELS])
-def test_invalid_model_is_rejected_naming_the_field(
-    create: Callable[..., dict[str, Any]], changes: dict[str, Any], field: str, fragment: str
-) -> None:
+def minimal_model_with(changes: dict[str, Any]) -> dict[str, Any]:
+    """The minimal SentimentModel example under a fresh name, with `changes` applied to its spec (a
+    value of None removes that key)."""
     doc = renamed(example("sentimentmodel-minimal"))
     for key, value in changes.items():
         if value is None:
             doc["spec"].pop(key)
         else:
             doc["spec"][key] = value
+    return doc
+
+
+@pytest.mark.parametrize(("changes", "field", "fragment"), INVALID_MODELS, ids=[i[1] for i in INVALID_MODELS])
+def test_invalid_model_is_rejected_naming_the_field(
+    create: Callable[..., dict[str, Any]], changes: dict[str, Any], field: str, fragment: str
+) -> None:
+    doc = minimal_model_with(changes)
     error = rejection(create, doc)
     assert error.status == 422, error.body
     assert status_of(error)["reason"] == "Invalid"
@@ -212,12 +219,7 @@ MODELS_AT_THE_EDGE = [
 def test_model_at_the_edge_of_a_rule_is_accepted(
     create: Callable[..., dict[str, Any]], changes: dict[str, Any]
 ) -> None:
-    doc = renamed(example("sentimentmodel-minimal"))
-    for key, value in changes.items():
-        if value is None:
-            doc["spec"].pop(key)
-        else:
-            doc["spec"][key] = value
+    doc = minimal_model_with(changes)
     create(doc, dry_run=True)
 
 
