@@ -274,6 +274,13 @@ def _live_members(pgid: int) -> list[int]:
     return members
 
 
+def _threads(pid: int) -> set[int]:
+    try:
+        return {int(task) for task in os.listdir(f"/proc/{pid}/task")}
+    except OSError:
+        return set()
+
+
 def _orphan_of_a_killed_pod_runner(kubeconfig: Path, pod_cidr: str, runner: processes.Record) -> int:
     """Run a pod whose shell leaves a child, SIGKILL the pod runner; returns the orphan's group."""
     with kube_config.new_client_from_config(config_file=str(kubeconfig)) as api:
@@ -308,7 +315,8 @@ def _orphan_of_a_killed_pod_runner(kubeconfig: Path, pod_cidr: str, runner: proc
 
 def test_up_and_down_of_a_second_cluster_leave_no_process_or_port(tmp_path: Path, cluster: Cluster) -> None:
     """`python -m e2e.cluster up` prints the kubeconfig last and gives the cluster a pod CIDR of its
-    own; `down` stops every process it started, also those a killed pod runner left behind."""
+    own, held until the whole cluster is down (not just its pod runner); `down` stops every process
+    it started, also those a killed pod runner left behind."""
     state_dir = tmp_path / "second"
     cli = [sys.executable, "-m", "e2e.cluster"]
     up = subprocess.run([*cli, "up", "--state-dir", str(state_dir)], capture_output=True, text=True, cwd=REPO)
@@ -347,6 +355,13 @@ def test_up_and_down_of_a_second_cluster_leave_no_process_or_port(tmp_path: Path
         assert not ipaddress.ip_network(pod_cidr).overlaps(ipaddress.ip_network(cluster.pod_cidr))
         runner = next(r for r in records if r.name == "podrunner")
         orphan_group = _orphan_of_a_killed_pod_runner(kubeconfig, pod_cidr, runner)
+        # The runner's leader is a zombie as soon as it is killed, but its descriptors close only
+        # with its last thread: until then 127.N would look held whoever else holds it.
+        eventually(lambda: _threads(runner.pid) <= {runner.pid}, what="every thread of the pod runner gone")
+        # Prometheus and pod-sd still scrape 127.N: no other cluster may get it while they run.
+        octet = ipaddress.ip_network(pod_cidr).network_address.packed[1]
+        assert [r.name for r in records if r is not runner and not processes.is_alive(r)] == []
+        assert podcidr.held(octet)
     finally:
         down = subprocess.run(
             [*cli, "down", "--state-dir", str(state_dir)], capture_output=True, text=True, cwd=REPO
@@ -359,6 +374,7 @@ def test_up_and_down_of_a_second_cluster_leave_no_process_or_port(tmp_path: Path
     for pid in left:  # never leave the orphan behind, even when this test fails
         os.kill(pid, signal.SIGKILL)
     assert left == []
+    assert not podcidr.held(octet)
     status = subprocess.run([*cli, "status", "--state-dir", str(state_dir)], capture_output=True, cwd=REPO)
     assert status.returncode == 3
 

@@ -164,6 +164,22 @@ INVALID_MODELS = [
         "spec.resources.requests",
         "cannot be overcommitted",
     ),
+    (
+        {"resources": {"requests": {"nvidia.com/gpu": "500m"}, "limits": {"nvidia.com/gpu": "500m"}}},
+        "spec.resources.requests",
+        "must be written as a whole number",
+    ),
+    (
+        {"resources": {"limits": {"nvidia.com/gpu": "1.5"}}},
+        "spec.resources.limits",
+        "must be written as a whole number",
+    ),
+    # the server's isInteger() reads the quantity as written (tests/crds/crd_schema.py follows it)
+    (
+        {"resources": {"requests": {"nvidia.com/gpu": "2000m"}, "limits": {"nvidia.com/gpu": 2}}},
+        "spec.resources.requests",
+        "must be written as a whole number",
+    ),
     ({"replicas": None, "autoscaling": {"max": 4}}, "spec.autoscaling", "needs a CPU request above 0"),
     (
         {"replicas": None, "autoscaling": {"max": 4}, "resources": {"requests": {"cpu": "0"}}},
@@ -210,6 +226,13 @@ MODELS_AT_THE_EDGE = [
         "resources": {
             "requests": {"nvidia.com/gpu": 1, "hugepages-2Mi": "64Mi"},
             "limits": {"nvidia.com/gpu": "1", "hugepages-2Mi": "64Mi", "ephemeral-storage": "1Gi"},
+        }
+    },
+    # other spellings of a whole number: a decimal and a binary suffix
+    {
+        "resources": {
+            "requests": {"example.com/a": "1k", "example.com/b": "1Ki"},
+            "limits": {"example.com/a": "1k", "example.com/b": "1Ki"},
         }
     },
 ]

@@ -129,7 +129,7 @@ class ProcessSpec:
     argv: tuple[str, ...]
     ready: ReadyCheck | None
     timeout_s: float = 60.0
-    # Descriptors the process inherits (the pod runner: its pod CIDR reservation).
+    # Descriptors the process inherits (the launcher adds the pod CIDR reservation to every spec).
     pass_fds: tuple[int, ...] = ()
 
 
@@ -286,9 +286,8 @@ def pod_sd(python: str, layout: Layout, ports: Ports) -> ProcessSpec:
     )
 
 
-def podrunner(python: str, layout: Layout, pod_cidr: str, reservation_fd: int) -> ProcessSpec:
-    """The pod runner, handed `pod_cidr`'s reservation so the CIDR stays this cluster's until the
-    runner exits, however it exits."""
+def podrunner(python: str, layout: Layout, pod_cidr: str) -> ProcessSpec:
+    """The pod runner, giving its Pods IPs from `pod_cidr` (held for the cluster by the launcher)."""
     return ProcessSpec(
         name="podrunner",
         argv=(
@@ -302,7 +301,6 @@ def podrunner(python: str, layout: Layout, pod_cidr: str, reservation_fd: int) -
         ),
         # Written after its first list of the node's Pods (e2e/podrunner/runner.py READY_FILE).
         ready=ReadyCheck(file=layout.podrunner / "podrunner.ready"),
-        pass_fds=(reservation_fd,),
     )
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,18 +214,30 @@ def _locked(root: Path, progress: Progress) -> Iterator[None]:
 
 
 class _Starter:
-    """Starts processes one spec at a time, recording each in state.json before waiting on it."""
+    """Starts processes one spec at a time, recording each in state.json before waiting on it.
 
-    def __init__(self, layout: Layout, keys: pki.Pki, state: dict[str, Any], die_with_parent: bool) -> None:
+    Every process gets `held_fds` (the pod CIDR reservation): Prometheus and pod-sd keep scraping
+    127.N while any of them runs, so 127.N must stay held until the last of them is gone, not just
+    while the pod runner lives."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        keys: pki.Pki,
+        state: dict[str, Any],
+        die_with_parent: bool,
+        held_fds: tuple[int, ...] = (),
+    ) -> None:
         self.layout = layout
         self.keys = keys
         self.state = state
         self.die_with_parent = die_with_parent
+        self.held_fds = held_fds
         self.children: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, spec: ProcessSpec) -> subprocess.Popen[bytes]:
         proc, record = processes.spawn(
-            spec,
+            replace(spec, pass_fds=(*spec.pass_fds, *self.held_fds)),
             root=self.layout.root,
             log=self.layout.log(spec.name),
             die_with_parent=self.die_with_parent,
@@ -287,7 +299,8 @@ def _up(b: Binaries, layout: Layout, *, die_with_parent: bool, progress: Progres
     try:
         return _start(b, layout, reservation, die_with_parent=die_with_parent, progress=progress)
     finally:
-        # The pod runner holds its own descriptor: the CIDR is freed when it exits, not before.
+        # Every process of the cluster holds its own descriptor: the CIDR is freed when the last
+        # of them exits, not before.
         reservation.close()
 
 
@@ -321,7 +334,7 @@ def _start(
         "started_at": time.time(),
     }
     _write_state(layout, state)
-    starter = _Starter(layout, keys, state, die_with_parent)
+    starter = _Starter(layout, keys, state, die_with_parent, held_fds=(reservation.fileno(),))
     try:
         _start_all(b, layout, ports, files, starter, reservation, progress, t0)
     except BaseException:
@@ -369,7 +382,7 @@ def _start_all(
         config.prometheus(b, layout, ports),
     ]
     if PODRUNNER_MAIN.exists():
-        early.append(config.podrunner(sys.executable, layout, reservation.cidr, reservation.fileno()))
+        early.append(config.podrunner(sys.executable, layout, reservation.cidr))
     else:
         progress(f"no pod runner ({PODRUNNER_MAIN} is missing): Pods will be scheduled but not run")
     started = [(spec, starter.spawn(spec)) for spec in early]

@@ -6,9 +6,10 @@ probes and Prometheus scrapes would reach the first one's servers at the same IP
 
 A cluster holds N by binding the abstract Unix socket `RESERVATION_PREFIX + N`. Abstract names
 are scoped to the network namespace, exactly the scope in which 127/8 addresses are shared, and the
-kernel frees a name when its last descriptor closes: a cluster whose pod runner crashed frees its
-CIDR with no lock file to clean up. The launcher binds the name and hands the descriptor to the
-pod runner, which keeps it for its lifetime.
+kernel frees a name when its last descriptor closes: a cluster that is gone, however it went,
+frees its CIDR with no lock file to clean up. The launcher binds the name and hands the descriptor
+to every process of the cluster, so N stays held until the last of them (Prometheus and pod-sd
+scrape 127.N as long as they run, even after the pod runner died) has exited.
 """
 
 from __future__ import annotations

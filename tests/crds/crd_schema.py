@@ -389,6 +389,9 @@ class Quantity:
     """A Kubernetes resource.Quantity as the exact rational number it stands for."""
 
     value: Fraction
+    # The power of ten Kubernetes keeps the parsed digits at: the suffix's exponent (0 for a
+    # binary suffix) less the digits after the point; "2000m" is 2000 at -3, not 2 at 0.
+    scale: int = field(default=0, compare=False)
 
 
 def parse_quantity(text: str) -> Quantity:
@@ -397,15 +400,25 @@ def parse_quantity(text: str) -> Quantity:
     if match is None:
         raise ValueError(f"quantities must match the regular expression: {text!r}")
     value = Fraction(match["number"])
+    exponent = 0
     if match["binary"]:
         value *= _BINARY[match["binary"]]
     elif match["si"] or match["exponent"]:
-        value *= Fraction(10) ** (_SI_EXPONENT[match["si"]] if match["si"] else int(match["exponent"]))
-    return Quantity(-value if match["sign"] == "-" else value)
+        exponent = _SI_EXPONENT[match["si"]] if match["si"] else int(match["exponent"])
+        value *= Fraction(10) ** exponent
+    fraction_digits = len(match["number"].partition(".")[2])
+    return Quantity(-value if match["sign"] == "-" else value, exponent - fraction_digits)
 
 
 def _is_quantity(text: str) -> celpy.celtypes.BoolType:
     return celpy.celtypes.BoolType(_QUANTITY.fullmatch(text) is not None)
+
+
+def _is_integer(quantity: Quantity) -> celpy.celtypes.BoolType:
+    """Quantity.isInteger(): whether asInteger() succeeds. Kubernetes answers from the parsed
+    scale, without reducing it: "2000m" and "1.0" are not integers there, "1k" and "1Gi" are."""
+    fits = -(2**63) <= quantity.value < 2**63
+    return celpy.celtypes.BoolType(quantity.scale >= 0 and fits)
 
 
 def _compare(left: Quantity, right: Quantity) -> celpy.celtypes.IntType:
@@ -416,6 +429,7 @@ KUBERNETES_CEL_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "quantity": parse_quantity,
     "isQuantity": _is_quantity,
     "compareTo": _compare,
+    "isInteger": _is_integer,
     "isLessThan": lambda left, right: celpy.celtypes.BoolType(left.value < right.value),
     "isGreaterThan": lambda left, right: celpy.celtypes.BoolType(left.value > right.value),
 }

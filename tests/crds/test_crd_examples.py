@@ -186,6 +186,34 @@ INVALID = [
         "spec.resources.requests",
         "cannot be overcommitted",
     ),
+    # a fraction of a GPU: the Deployment built from it would be refused ("must be an integer")
+    (
+        "sentimentmodel-full",
+        {
+            "spec.resources.requests": {"cpu": "500m", "nvidia.com/gpu": "500m"},
+            "spec.resources.limits": {"cpu": "2", "nvidia.com/gpu": "500m"},
+        },
+        "spec.resources.requests",
+        "extended resource (DOMAIN/NAME, e.g. nvidia.com/gpu) must be written as a whole number",
+    ),
+    (
+        "sentimentmodel-full",
+        {"spec.resources": {"limits": {"cpu": "2", "example.com/fpga": "1.5"}}},
+        "spec.resources.limits",
+        "extended resource (DOMAIN/NAME, e.g. nvidia.com/gpu) must be written as a whole number",
+    ),
+    # as the API server's isInteger() reads it: the quantity as written, so 2000m is not 2
+    (
+        "sentimentmodel-full",
+        {
+            "spec.resources": {
+                "requests": {"cpu": "1", "nvidia.com/gpu": "2000m"},
+                "limits": {"nvidia.com/gpu": "2"},
+            }
+        },
+        "spec.resources.requests",
+        "extended resource (DOMAIN/NAME, e.g. nvidia.com/gpu) must be written as a whole number",
+    ),
     (
         "sentimentmodel-minimal",
         {"spec.replicas": DELETE, "spec.autoscaling": {"max": 4}},
@@ -396,6 +424,16 @@ VALID_EDGES = [
             "spec.resources": {
                 "requests": {"cpu": "500m", "nvidia.com/gpu": 1, "hugepages-2Mi": "64Mi"},
                 "limits": {"nvidia.com/gpu": "1", "hugepages-2Mi": "64Mi", "ephemeral-storage": "1Gi"},
+            }
+        },
+    ),
+    # other spellings of a whole number: a decimal and a binary suffix
+    (
+        "sentimentmodel-full",
+        {
+            "spec.resources": {
+                "requests": {"cpu": "1", "example.com/a": "1k", "example.com/b": "1Ki"},
+                "limits": {"example.com/a": "1k", "example.com/b": "1Ki"},
             }
         },
     ),
