@@ -589,11 +589,12 @@ def _quality_section(res: BenchResults) -> list[str]:
 
 
 def _served_quality_lines(res: BenchResults) -> list[str]:
-    answered = [v for v in VARIANTS if res.answers_of(v)]
-    texts = res.served_texts(answered)
-    served = [x for x in (res.served_quality(v, answered) for v in answered) if x is not None]
+    c = TARGET_CONCURRENCY
+    answered = [v for v in VARIANTS if res.answers_of(v, c)]
+    texts = res.served_texts(answered, c)
+    served = [x for x in (res.served_quality(v, answered, c) for v in answered) if x is not None]
     if not served:
-        if any(r.confusion for r in res.closed):  # results from before each text's answer was kept
+        if any(r.answers is None and r.confusion for r in res.closed):  # from before answers were kept
             return [
                 "Served answers' macro-F1: not shown. These results pooled every answer of every cell, "
                 "which weights each text by how far each server got through the inputs, not by what it "
@@ -609,12 +610,13 @@ def _served_quality_lines(res: BenchResults) -> list[str]:
     return [
         *lines,
         "",
-        f"The same measure on what the servers **answered**: each server's first 200 answer to each of the "
-        f"{len(texts)} labelled short inputs (of {n}; real test sentences with their gold label) that "
-        "every server listed answered in its valid closed-loop cells — the same texts for every server, "
-        "each once, so a server that got further through the inputs is not weighted differently. INT8 "
-        "answers depend on their batch companions (dynamic quantization scales per batch), so this is what "
-        "users got; a smaller sample than the test split, shown, not judged.",
+        f"The same measure on what the servers **answered** at c={c}, where the server batches: each "
+        f"server's first 200 answer in its valid c={c} cell to each of the {len(texts)} labelled short "
+        f"inputs (of {n}; real test sentences with their gold label) that every server listed answered "
+        "there — the same texts for every server, each once, so a server that got further through the "
+        "inputs is not weighted differently. INT8 answers depend on their batch companions (dynamic "
+        "quantization scales per batch), so this is what users got under load; a smaller sample than "
+        "the test split, shown, not judged.",
         "",
     ]
 

@@ -60,7 +60,8 @@ class ClosedRun:
     request_mean_ms: float | None = None
     warmup_errors: int = 0  # warm-up requests not answered 200
     first_error: str | None = None
-    # Served answers on inputs with a gold label (the short inputs): gold → served label → count.
+    # Only in results from before ``answers`` was kept (never written now): their pooled gold → served
+    # label → count, read to say why those results show no served macro-F1.
     confusion: dict[str, dict[str, int]] | None = None
     # The cell's first answer to each labelled input: input index → (gold, served label). What the
     # served macro-F1 is computed from, each text once (``served_quality``).
@@ -92,28 +93,11 @@ def failures(run: ClosedRun | OpenRun) -> str:
     return ", ".join(parts)
 
 
-def confusion_of(
-    records: Iterable[Sequence[Any]], gold: Sequence[str | None]
-) -> dict[str, dict[str, int]] | None:
-    """gold → served → count over the answered (200) records whose input has a gold label; records are
-    the load generator's (input index, status, latency, label, server ms). None without gold labels."""
-    if not any(g is not None for g in gold):
-        return None
-    out: dict[str, dict[str, int]] = {}
-    for index, status, _, label, *_ in records:
-        truth = gold[index]
-        if status != 200 or truth is None or label is None:
-            continue
-        row = out.setdefault(truth, {})
-        row[label] = row.get(label, 0) + 1
-    return out
-
-
 def first_answers(
     records: Iterable[Sequence[Any]], gold: Sequence[str | None]
 ) -> dict[int, tuple[str, str]] | None:
     """input index → (gold, served label) of the first 200 answer to each labelled input; None without
-    gold labels. Records as for ``confusion_of``."""
+    gold labels. Records are the load generator's (input index, status, latency, label, server ms)."""
     if not any(g is not None for g in gold):
         return None
     out: dict[int, tuple[str, str]] = {}
@@ -192,29 +176,31 @@ class BenchResults:
         rates = [r.summary.rps for r in cells if not invalid(r)] or [r.summary.rps for r in cells]
         return max(rates) if rates else math.nan
 
-    def answers_of(self, variant: str) -> dict[int, tuple[str, str]]:
-        """The variant's first answer to each labelled text over its valid closed-loop cells (in the
-        order they ran): what it answered, not how often it got to each text."""
+    def answers_of(self, variant: str, concurrency: int) -> dict[int, tuple[str, str]]:
+        """The variant's first answer to each labelled text in its valid closed-loop cell(s) at
+        ``concurrency``: what it answered there, not how often it got to each text. One concurrency,
+        because INT8's answers depend on their batch companions, which differ between c=1 and c=32."""
         out: dict[int, tuple[str, str]] = {}
         for r in self.closed:
-            if r.variant == variant and r.answers and not invalid(r):
+            if (r.variant, r.concurrency) == (variant, concurrency) and r.answers and not invalid(r):
                 for i, answer in r.answers.items():
                     out.setdefault(i, answer)
         return out
 
-    def served_texts(self, variants: Sequence[str]) -> list[int]:
-        """The labelled texts every one of ``variants`` answered (empty when one answered none)."""
-        sets = [set(self.answers_of(v)) for v in variants]
+    def served_texts(self, variants: Sequence[str], concurrency: int) -> list[int]:
+        """The labelled texts every one of ``variants`` answered at ``concurrency`` (empty when one
+        answered none)."""
+        sets = [set(self.answers_of(v, concurrency)) for v in variants]
         return sorted(set.intersection(*sets)) if sets else []
 
-    def served_quality(self, variant: str, among: Sequence[str]) -> ServedQuality | None:
-        """Macro-F1 of the variant's served answers on the labelled texts every variant of ``among``
-        answered, each text once (its first answer): like for like, whichever server got further.
-        None without answers (results from before they were recorded)."""
-        texts = self.served_texts(among)
+    def served_quality(self, variant: str, among: Sequence[str], concurrency: int) -> ServedQuality | None:
+        """Macro-F1 of the variant's served answers at ``concurrency`` on the labelled texts every variant
+        of ``among`` answered there, each text once (its first answer): like for like, whichever server
+        got further. None without answers (results from before they were recorded)."""
+        texts = self.served_texts(among, concurrency)
         if variant not in among or not texts:
             return None
-        confusion = confusion_over(self.answers_of(variant), texts)
+        confusion = confusion_over(self.answers_of(variant, concurrency), texts)
         return quality_of_confusion(variant, confusion, self.meta.get("model", {}).get("labels", []))
 
     def other_cpu(self) -> OthersCpu | None:
@@ -223,7 +209,10 @@ class BenchResults:
 
     def to_dict(self) -> dict[str, Any]:
         def run(r: ClosedRun | OpenRun) -> dict[str, Any]:
-            return {**r.__dict__, "summary": r.summary.to_dict()}
+            out = {**r.__dict__, "summary": r.summary.to_dict()}
+            if out.get("confusion", 0) is None:  # legacy-only: kept where an old result had it
+                del out["confusion"]
+            return out
 
         return {
             "meta": self.meta,

@@ -46,7 +46,6 @@ from inference_server.bench.results import (
     BenchResults,
     ClosedRun,
     OpenRun,
-    confusion_of,
     first_answers,
     invalid,
     precision_of,
@@ -377,6 +376,8 @@ def run_loadgen(
     if metrics:
         spec["metrics"] = _metrics_spec(url)
     spec_path.write_text(json.dumps(spec))
+    # A reused --workdir may hold this tag's result from an earlier run: never read it as this one's.
+    out_path.unlink(missing_ok=True)
     budget = sum(r["duration_s"] + 120.0 for r in runs) + 60.0
     bench.monitor.mark("between load runs (server start, ceilings, bookkeeping)")
     proc = subprocess.run(
@@ -385,10 +386,12 @@ def run_loadgen(
         check=False,
     )
     bench.monitor.mark(tag)
-    runs_out: list[dict[str, Any]] = json.loads(out_path.read_text())["runs"] if out_path.is_file() else []
-    check_alive(server, runs_out, tag)
     if proc.returncode != 0:
+        # A failed run's file may be truncated; only the server's death is worth naming then.
+        check_alive(server, [], tag)
         raise RuntimeError(f"load generator failed (exit {proc.returncode}) for {tag}")
+    runs_out: list[dict[str, Any]] = json.loads(out_path.read_text())["runs"]
+    check_alive(server, runs_out, tag)
     return runs_out
 
 
@@ -460,7 +463,6 @@ def closed_runs(
             request_mean_ms=_mean(run, "request", 1000.0),
             warmup_errors=int(run.get("warmup_errors", 0)),
             first_error=run["first_error"],
-            confusion=confusion_of(run["records"], inputs.labels),
             answers=first_answers(run["records"], inputs.labels),
         )
         if run["first_error"]:
@@ -948,10 +950,18 @@ def _previous_report(report: Path) -> str | None:
 
 
 def write_report(res: BenchResults, report: Path, json_path: Path | None, plan: Plan) -> None:
+    """The raw JSON first: the report may have been damaged during the run, and refusing to overwrite it
+    must not lose the run's figures (``--render-from`` turns them into a report later)."""
     report.parent.mkdir(parents=True, exist_ok=True)
-    previous = _previous_report(report)
+    raw = json_path or report.with_suffix(".json")
+    raw.write_text(json.dumps(res.to_dict(), indent=1) + "\n")
+    try:
+        previous = _previous_report(report)
+    except SystemExit as refused:
+        raise SystemExit(
+            f"{refused}; this run's results are in {raw}: render them with --render-from {raw}"
+        ) from None
     report.write_text(render_report(res, concurrencies=plan.concurrencies, previous=previous))
-    (json_path or report.with_suffix(".json")).write_text(json.dumps(res.to_dict(), indent=1) + "\n")
 
 
 def _has(module: str) -> bool:

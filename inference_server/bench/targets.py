@@ -205,7 +205,7 @@ def _server_vs(res: BenchResults, length: str, spec: ServerVs) -> Target:
         f"{spec.name}, c={c}, {length}",
         f"≥ {spec.least:.1f}×",
         r,
-        f"{times(r)} ({figure(a_rps)} vs {figure(b_rps)} req/s)",
+        f"{_beside(r, spec.least, times, 2)} ({figure(a_rps)} vs {figure(b_rps)} req/s)",
         _paired(res, length, server_ratio(a, b), times, spec.least, 2),
         lambda x: x >= spec.least,
         _invalid_cells(res, length, c, (a, b)),
@@ -221,7 +221,7 @@ def _fp32_ceiling_target(res: BenchResults, length: str) -> Target:
         f"fp32 server vs raw ceiling, c={c}, {length}",
         f"≥ {percent(CEILING_SHARE)}",
         r,
-        f"{percent(r)} ({figure(fp32_rps)} vs "
+        f"{_beside(r, CEILING_SHARE, percent, 0)} ({figure(fp32_rps)} vs "
         f"{figure(ceil.best_sentences_per_s if ceil else None)} sentences/s"
         f"{f', batch {ceil.best_batch_size}, {ceil.best_layout}' if ceil else ''})"
         + _over_ceiling_text(res, length, "fp32", "fp32"),
@@ -262,13 +262,14 @@ def _f1_target(res: BenchResults) -> Target:
 
 def _served_f1_text(res: BenchResults) -> str:
     compared = ("fp32", "int8")
-    a, b = res.served_quality("fp32", compared), res.served_quality("int8", compared)
+    c = TARGET_CONCURRENCY
+    a, b = res.served_quality("fp32", compared, c), res.served_quality("int8", compared, c)
     if a is None or b is None:
         return ""
     change = (b.macro_f1 - a.macro_f1) * 100.0
     return (
-        f"; served answers (not judged): {change:+.2f} points ({a.macro_f1:.4f} → {b.macro_f1:.4f}, "
-        f"the {a.answers} labelled short inputs both servers answered, each once)"
+        f"; served answers at c={c} (not judged): {change:+.2f} points ({a.macro_f1:.4f} → "
+        f"{b.macro_f1:.4f}, the {a.answers} labelled short inputs both servers answered there, each once)"
     )
 
 

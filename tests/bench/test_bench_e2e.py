@@ -102,7 +102,8 @@ def test_quick_run_writes_a_complete_report(tiny_model_dir: Path, tmp_path: Path
             # the server's own request-latency histogram (/infer, 2xx) over the cell
             assert run["request_mean_ms"] is not None and run["request_mean_ms"] > 0, run
         # served answers on the labelled short inputs, for their macro-F1
-        assert (run["confusion"] is not None) == (run["length"] == "short"), run
+        assert (run["answers"] is not None) == (run["length"] == "short"), run
+        assert "confusion" not in run, run  # derivable from answers: no longer written
     assert "| (c) sentiment-server fp32 | 0." in text.split("## Accuracy")[1]
     # Every server ran with an explicit environment: rate limits off, one OpenMP policy for all.
     settings = raw["meta"]["server_settings"]

@@ -528,6 +528,16 @@ def test_a_median_just_under_its_line_is_not_written_as_the_line() -> None:
     assert naive.passed is False and naive.measured.startswith("median 2.65×")  # clear of 3×: short form
 
 
+def test_a_sweep_cell_just_under_its_line_is_not_written_as_the_line() -> None:
+    """Without paired rounds the line is judged on the sweep cell, whose ratio read "80%" beside MISS
+    for 79.6%: it gets the same extra digits as a paired median."""
+    res = _results(fp32_rps=79.6, ceiling=100)
+    res.paired.clear()
+    verdicts = {t.name: t for t in evaluate_targets(res)}
+    ceiling = verdicts["fp32 server vs raw ceiling, c=32, short"]
+    assert ceiling.passed is False and ceiling.measured.startswith("79.6% (79.6 vs 100.0 sentences/s")
+
+
 def test_paired_ceiling_candidates_are_the_winner_and_the_servers_batch_sizes() -> None:
     from inference_server.bench.paired import ceiling_candidates
 
@@ -907,25 +917,33 @@ def test_findings_of_a_report_from_before_the_run_record_use_its_generation_date
 
 # 10. macro-F1 of the served answers
 def test_served_answers_give_their_own_macro_f1() -> None:
-    from inference_server.bench.results import confusion_of, quality_of_confusion
+    from inference_server.bench.results import confusion_over, first_answers, quality_of_confusion
     from inference_server.ml.metrics import accuracy, macro_f1
 
-    gold = ["positive", "negative", "positive", None]
+    gold = ["positive", "negative", "positive", None, "positive"]
     records = [
         (0, 200, 0.01, "positive", 1.0),
         (1, 200, 0.01, "positive", 1.0),
         (2, 200, 0.01, "negative", 1.0),
-        (0, 200, 0.01, "positive", 1.0),
+        (0, 200, 0.01, "negative", 1.0),  # a second answer to text 0: not counted
         (1, 503, 0.01, None, None),  # failed: no answer
         (3, 200, 0.01, "negative", 1.0),  # no gold label (a joined long text)
+        (4, 200, 0.01, "positive", 1.0),
     ]
-    confusion = confusion_of(records, gold)
+    answers = first_answers(records, gold)
+    assert answers == {
+        0: ("positive", "positive"),
+        1: ("negative", "positive"),
+        2: ("positive", "negative"),
+        4: ("positive", "positive"),
+    }
+    confusion = confusion_over(answers, sorted(answers))
     assert confusion == {"positive": {"positive": 2, "negative": 1}, "negative": {"positive": 1}}
     q = quality_of_confusion("int8", confusion, ["negative", "positive"])
     assert q is not None and q.answers == 4
     y, p = [1, 0, 1, 1], [1, 1, 0, 1]  # the same four answers as class indices
     assert q.macro_f1 == pytest.approx(macro_f1(y, p, 2)) and q.accuracy == pytest.approx(accuracy(y, p))
-    assert confusion_of(records, [None] * 4) is None
+    assert first_answers(records, [None] * 5) is None
 
 
 def _answers(served: list[str], start: int = 0) -> dict[int, tuple[str, str]]:
@@ -939,13 +957,13 @@ def test_the_report_shows_served_macro_f1_beside_the_in_process_verdict() -> Non
     res.meta["inputs"] = {"short_n": 384}
     fp32 = ["positive"] * 9 + ["negative"] * 11
     int8 = ["positive"] * 8 + ["negative"] * 12
-    _replace_cell(res, "fp32", "short", 8, answers=_answers(fp32))
-    _replace_cell(res, "int8", "short", 8, answers=_answers(int8))
+    _replace_cell(res, "fp32", "short", 32, answers=_answers(fp32))
+    _replace_cell(res, "int8", "short", 32, answers=_answers(int8))
     target = _targets(res)["INT8 macro-F1 within 1 point of fp32 (test split)"]
     assert target.passed is True  # judged on the test split (-0.5 points)
     assert (
-        "served answers (not judged): -5.09 points (0.9499 → 0.8990, the 20 labelled short inputs both "
-        "servers answered, each once)"
+        "served answers at c=32 (not judged): -5.09 points (0.9499 → 0.8990, the 20 labelled short inputs "
+        "both servers answered there, each once)"
     ) in target.measured
     text = render_report(res, concurrencies=(1, 8, 32, 64))
     assert "| (c) sentiment-server fp32 | 0.9499 | 0.9500 | 20 |" in text
@@ -966,10 +984,10 @@ def test_served_macro_f1_compares_the_same_texts_each_once() -> None:
     fast[384 + 5] = (5, 200, 0.01, "other", 1.0)  # a second answer to text 5: not counted
     res = _results()
     res.meta["model"] = {"labels": ["negative", "positive"]}
-    _replace_cell(res, "fp32", "short", 1, answers=first_answers(slow, gold))
-    _replace_cell(res, "int8", "short", 1, answers=first_answers(fast, gold))
-    a = res.served_quality("fp32", ("fp32", "int8"))
-    b = res.served_quality("int8", ("fp32", "int8"))
+    _replace_cell(res, "fp32", "short", 32, answers=first_answers(slow, gold))
+    _replace_cell(res, "int8", "short", 32, answers=first_answers(fast, gold))
+    a = res.served_quality("fp32", ("fp32", "int8"), 32)
+    b = res.served_quality("int8", ("fp32", "int8"), 32)
     assert a is not None and b is not None
     assert (a.answers, b.answers) == (100, 100)
     assert a.macro_f1 == b.macro_f1 and a.accuracy == b.accuracy
@@ -979,6 +997,43 @@ def test_served_macro_f1_compares_the_same_texts_each_once() -> None:
     _replace_cell(old, "fp32", "short", 8, confusion={"positive": {"positive": 9}})
     assert "served answers" not in _targets(old)["INT8 macro-F1 within 1 point of fp32 (test split)"].measured
     assert "Served answers' macro-F1: not shown." in render_report(old, concurrencies=(1, 8, 32, 64))
+
+
+def test_new_results_write_no_pooled_confusion_and_old_ones_still_load() -> None:
+    """Audit 9 (session 9), finding 8: the pooled confusion is derivable from the answers and was read
+    only to recognise old results: new results no longer write it; old JSON with it still loads."""
+    res = _results()
+    _replace_cell(res, "fp32", "short", 32, answers=_answers(["positive"] * 20))
+    raw = res.to_dict()
+    assert all("confusion" not in cell for cell in raw["closed"])
+    assert BenchResults.from_dict(json.loads(json.dumps(raw))).to_dict() == raw
+    old = json.loads(json.dumps(_results().to_dict()))
+    old["closed"][0]["confusion"] = {"positive": {"positive": 9}}
+    assert BenchResults.from_dict(old).closed[0].confusion == {"positive": {"positive": 9}}
+
+
+def test_served_macro_f1_is_of_the_c32_answers_where_the_server_batches() -> None:
+    """Audit 9 (session 9), finding 2: each text's first answer came from the c=1 cell (batches of
+    one), so the INT8 figure said nothing of its batch companions. It is now of the c=32 answers."""
+    res = _results()
+    res.meta["model"] = {"labels": ["negative", "positive"]}
+    right = ["positive"] * 10 + ["negative"] * 10
+    batched = ["positive"] * 6 + ["negative"] * 14  # INT8 at c=32: four answers change
+    for c in (1, 8, 64):
+        _replace_cell(res, "fp32", "short", c, answers=_answers(right))
+        _replace_cell(res, "int8", "short", c, answers=_answers(right))
+    _replace_cell(res, "fp32", "short", 32, answers=_answers(right))
+    _replace_cell(res, "int8", "short", 32, answers=_answers(batched))
+    measured = _targets(res)["INT8 macro-F1 within 1 point of fp32 (test split)"].measured
+    assert "served answers at c=32 (not judged): -20.83 points (1.0000 → 0.7917, the 20 " in measured
+    text = render_report(res, concurrencies=(1, 8, 32, 64))
+    assert "| (d) sentiment-server INT8 | 0.7917 | 0.8000 | 20 |" in text
+    # Texts answered only at other concurrencies are not compared.
+    _replace_cell(res, "int8", "short", 32, answers=_answers(batched[:5]))
+    assert (
+        "the 5 labelled short inputs both servers answered there"
+        in _targets(res)["INT8 macro-F1 within 1 point of fp32 (test split)"].measured
+    )
 
 
 # 11. no verdicts from a quick run or the tiny model
@@ -1146,3 +1201,82 @@ def test_the_noop_responder_answers_every_request_on_one_connection(tmp_path: Pa
         answers = [client.post("/infer", json={"text": "a" * n}) for n in (1, 500, 3)]
         assert [(r.status_code, r.text) for r in answers] == [(200, "{}")] * 3
         assert server.exit_code() is None
+
+
+def test_a_report_damaged_during_the_run_keeps_the_runs_raw_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Findings guard fires again at write time (the report was edited during the run): the .md is
+    refused as before, but the run's raw JSON is written first, so `--render-from` can recover it."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from inference_server.bench import server_bench
+
+    report, raw = tmp_path / "r.md", tmp_path / "r.json"
+    damaged = _report_with_findings().replace(FINDINGS_END, "")
+    report.write_text(damaged)
+    plan = cast(Any, SimpleNamespace(concurrencies=[1, 8, 32, 64]))
+    with pytest.raises(SystemExit) as refused:
+        server_bench.write_report(_results(), report, None, plan)
+    message = str(refused.value)
+    assert "\n" not in message and "not overwriting" in message and f"--render-from {raw}" in message
+    assert report.read_text() == damaged
+    assert BenchResults.from_dict(json.loads(raw.read_text())).to_dict() == _results().to_dict()
+
+
+def _loadgen_that(
+    monkeypatch: pytest.MonkeyPatch, *, writes: str | None, exit_code: int
+) -> Callable[..., object]:
+    """subprocess.run replaced by a load generator that writes ``writes`` (if any) and exits."""
+    import subprocess
+
+    from inference_server.bench import server_bench
+
+    def fake_run(argv: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        if writes is not None:
+            Path(argv[-1]).write_text(writes)
+        return subprocess.CompletedProcess(argv, exit_code)
+
+    monkeypatch.setattr(server_bench.subprocess, "run", fake_run)
+    return fake_run
+
+
+def _loadgen_call(tmp_path: Path, exit_code: int | None) -> Callable[[], object]:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from inference_server.bench import server_bench
+    from inference_server.bench.machine import CpuMonitor
+    from inference_server.bench.servers import RunningServer
+
+    server = RunningServer("fp32", "http://127.0.0.1:1", 1, tmp_path / "log", 0.0, {}, lambda: exit_code)
+    bench = cast(Any, SimpleNamespace(workdir=tmp_path, monitor=CpuMonitor()))
+    runs = [{"name": "fp32 c=1 short", "duration_s": 1.0}]
+    return lambda: server_bench.run_loadgen(server, ["a"], runs, bench, "fp32-short", metrics=False)
+
+
+def test_a_failed_load_generator_is_named_not_its_truncated_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load generator that died mid-write left `{`: that used to raise a JSONDecodeError in place of
+    'load generator failed'."""
+    _loadgen_that(monkeypatch, writes="{", exit_code=1)
+    with pytest.raises(RuntimeError, match=r"load generator failed \(exit 1\) for fp32-short"):
+        _loadgen_call(tmp_path, None)()
+
+
+def test_a_leftover_result_in_a_reused_workdir_is_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reused --workdir held an earlier run's result for the same tag: when this run's load generator
+    failed and the server had died, the death was blamed on a cell of that earlier run."""
+    from inference_server.bench.servers import ServerDiedError
+
+    stale = {"runs": [{"name": "a cell of an earlier run", "first_error": "boom"}]}
+    (tmp_path / "fp32-short.result.json").write_text(json.dumps(stale))
+    _loadgen_that(monkeypatch, writes=None, exit_code=1)
+    with pytest.raises(ServerDiedError) as died:
+        _loadgen_call(tmp_path, -9)()
+    assert "earlier run" not in str(died.value) and "during cell fp32-short" in str(died.value)
+    assert not (tmp_path / "fp32-short.result.json").exists()
