@@ -90,7 +90,7 @@ def _build(final: Path, encoder: Encoder, data_root: Path, config: TrainConfig) 
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     version = final.name
-    _log(f"fine-tuning {encoder.name} on {config.dataset} into {partial} (about 12-15 min on 2 cores)")
+    _log(f"fine-tuning {encoder.name} on {config.dataset} into {partial} (about 13-16 min on 2 cores)")
     trained = train_model(
         data_root=data_root,
         output=partial,

@@ -53,7 +53,7 @@ class TrainConfig:
     seed: int = 0
     # Three epochs with a fast head: measured in docs/model-selection.md (one epoch plateaus at ~0.816-0.822
     # test macro-F1 whatever the learning rate; over three seeds, validation macro-F1 averages 0.8228 for
-    # three epochs against 0.8201 for two). About 13-15 min of `make model` on 2 cores.
+    # three epochs against 0.8201 for two). About 13-16 min of `make model` on 2 cores.
     epochs: int = 3
     batch_size: int = 16
     learning_rate: float = 5e-5
